@@ -1,0 +1,3 @@
+"""instructsd: instruction-tune Stable Diffusion to follow image-editing instructions."""
+
+__version__ = "0.1.0"
