@@ -1,0 +1,99 @@
+"""The InstructPix2Pix training objective (Brooks et al. 2023, "InstructPix2Pix", sec. 3.2).
+
+    L = E_{E(x), E(c_I), c_T, ε, t} ‖ target − ε_θ(z_t ‖ E(c_I), t, c_T) ‖²
+
+z_t is the edited image's latent noised to step t; E(c_I), the latent of the input image, is
+concatenated on the channel axis. For classifier-free guidance on both conditions
+(sec. 3.2.1) the text is replaced by the empty prompt, the image latent by zeros, or both,
+each with its own probability. Randomness comes only from the generator passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+
+@dataclass(frozen=True)
+class DropoutProbs:
+    """Probabilities of the three conditioning-dropout cases; they are disjoint."""
+
+    text: float = 0.05
+    image: float = 0.05
+    both: float = 0.05
+
+
+def conditioning_dropout(batch_size: int, probs: DropoutProbs, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample masks (drop_text, drop_image) for the four cases.
+
+    One uniform draw per sample picks exactly one case: text only with p.text, image only
+    with p.image, both with p.both, neither otherwise.
+    """
+    u = torch.rand(batch_size, generator=generator, device=generator.device)
+    text_only = u < probs.text
+    image_only = (u >= probs.text) & (u < probs.text + probs.image)
+    both = (u >= probs.text + probs.image) & (u < probs.text + probs.image + probs.both)
+    return text_only | both, image_only | both
+
+
+def training_target(scheduler: DDPMScheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """What the UNet regresses: ε, v = α_t ε − σ_t x₀ (Salimans & Ho 2022), or x₀ itself."""
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    if prediction_type == "sample":
+        return latents
+    raise ValueError(f"unknown prediction_type {prediction_type!r}")
+
+
+@torch.no_grad()
+def encode_pair(vae: AutoencoderKL, input_pixels: torch.Tensor, edited_pixels: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latents of the input image (the distribution's mode, unscaled) and of the target.
+
+    The input latent is unscaled and deterministic because that is exactly what
+    ``StableDiffusionInstructPix2PixPipeline.prepare_image_latents`` feeds the UNet at
+    inference; training on anything else is a train/test mismatch. The target latent is a
+    sample, scaled by the VAE's scaling factor, as in Stable Diffusion's training.
+    """
+    dtype = next(vae.parameters()).dtype
+    image_latents = vae.encode(input_pixels.to(dtype)).latent_dist.mode()
+    target = vae.encode(edited_pixels.to(dtype)).latent_dist.sample(generator=generator)
+    return image_latents, target * vae.config.scaling_factor
+
+
+def instruct_pix2pix_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    image_latents: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    null_text_embedding: torch.Tensor,
+    probs: DropoutProbs,
+    generator: torch.Generator,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """Mean-squared error of one InstructPix2Pix training step.
+
+    ``latents`` are the scaled target latents, ``image_latents`` the unscaled input-image
+    latents, ``null_text_embedding`` the encoding of the empty prompt (computed once by the
+    caller, shape [1, L, D]).
+    """
+    bsz = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=generator.device)
+    timesteps = timesteps.to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+
+    drop_text, drop_image = conditioning_dropout(bsz, probs, generator)
+    drop_text = drop_text.to(latents.device)
+    drop_image = drop_image.to(latents.device)
+    text = torch.where(drop_text[:, None, None], null_text_embedding.to(text_embeddings), text_embeddings)
+    image = image_latents * (~drop_image).to(image_latents)[:, None, None, None]
+
+    pred = unet(torch.cat([noisy, image], dim=1), timesteps, encoder_hidden_states=text).sample
+    target = training_target(scheduler, latents, noise, timesteps, prediction_type)
+    return F.mse_loss(pred.float(), target.float())
