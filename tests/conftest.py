@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models and datasets built once per test session, offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from instructsd.models.tiny import TinySpec, init_tiny
+
+# Smaller than the quickstart's model so every test that trains stays within seconds.
+TEST_SPEC = TinySpec(unet_channels=(16, 32), text_dim=32, vae_channels=(16, 32), vocab_size=700, sample_size=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """An 8-channel InstructPix2Pix folder with random weights."""
+    return str(init_tiny(tmp_path_factory.mktemp("models") / "tiny-ip2p", in_channels=8, spec=TEST_SPEC))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_model(tmp_path_factory) -> str:
+    """A 4-channel Stable Diffusion folder with random weights."""
+    return str(init_tiny(tmp_path_factory.mktemp("models") / "tiny-sd", in_channels=4, spec=TEST_SPEC))
+
+
+def photo(seed: int, size=(80, 60)) -> Image.Image:
+    """A smooth random colour image with some edges, like a small photo."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    base = np.stack([np.sin(xx * rng.uniform(2, 8) + c) * np.cos(yy * rng.uniform(2, 8)) for c in range(3)], -1)
+    base[h // 3 : h // 2, w // 4 : w // 2] += 0.8
+    return Image.fromarray(np.clip((base + 1) * 110, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for i in range(4):
+        photo(i).save(folder / f"photo{i}.png")
+    return folder

@@ -1,0 +1,60 @@
+"""Tiny model folders load in stock diffusers pipelines; broken folders fail clearly."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
+from PIL import Image
+
+from instructsd.cli import run
+from instructsd.edit.editor import EditSettings, edit_images, load_editor
+from instructsd.errors import InstructSDError
+from instructsd.models.loading import load_components
+
+
+def test_stock_instruct_pix2pix_pipeline_loads_and_edits(tiny_model):
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(tiny_model, safety_checker=None)
+    image = Image.new("RGB", (40, 32), (200, 40, 40))
+    out = pipe("denoise the image", image=image, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.size == (40, 32)
+
+
+def test_four_channel_model_is_a_plain_stable_diffusion_pipeline(tiny_sd_model):
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_model, safety_checker=None)
+    assert pipe.unet.config.in_channels == 4
+    out = pipe("a cat", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)).images[0]
+    assert out.size == (32, 32)
+    with pytest.raises(InstructSDError, match="4-channel UNet"):
+        load_editor(tiny_sd_model, device="cpu")
+
+
+def test_edit_depends_only_on_each_images_seed(tiny_model):
+    pipe = load_editor(tiny_model, device="cpu")
+    a, b = Image.new("RGB", (32, 32), (10, 200, 30)), Image.new("RGB", (32, 32), (90, 20, 160))
+    settings = EditSettings(num_inference_steps=3)
+    alone = edit_images(pipe, [b], ["cartoonize the image"], settings, seeds=[11])[0]
+    batched = edit_images(pipe, [a, b], ["denoise the image", "cartoonize the image"], settings, seeds=[5, 11], batch_size=2)[1]
+    assert np.abs(np.asarray(alone, dtype=int) - np.asarray(batched, dtype=int)).max() <= 2
+    other_seed = edit_images(pipe, [b], ["cartoonize the image"], settings, seeds=[12])[0]
+    assert not np.array_equal(np.asarray(other_seed), np.asarray(alone))
+
+
+def test_missing_component_is_named(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    shutil.rmtree(broken / "vae")
+    with pytest.raises(InstructSDError, match=r"missing its 'vae' component"):
+        load_components(broken)
+
+
+def test_init_tiny_cli_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert run(["model", "init-tiny", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "user data"
