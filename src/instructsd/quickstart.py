@@ -69,7 +69,7 @@ def run_quickstart(
     unet, vae, text_encoder, tokenizer, scheduler = build_tiny_components(spec, in_channels=8, seed=0, tokenizer_dir=out / "tokenizer")
     train_rows = load_split(out / "data", "train", ["input_image", "edited_image"])
     photos = [row[col] for row in train_rows for col in ("input_image", "edited_image")]
-    vae_stats = fit_autoencoder(vae, photos, steps=vae_steps or 1200, size=32, seed=0, progress=progress)
+    vae_stats = fit_autoencoder(vae, photos, steps=vae_steps or 2000, size=32, seed=0, progress=progress)
     save_pipeline(out / "base-model", unet, vae, text_encoder, tokenizer, scheduler)
     shutil.rmtree(out / "tokenizer", ignore_errors=True)
     timings["model"] = time.time() - tick

@@ -127,6 +127,7 @@ def save_pipeline(out_dir: str | Path, unet, vae, text_encoder, tokenizer, sched
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab_files(tokenizer, tmp / "tokenizer")
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -171,15 +171,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     accelerator.wait_for_everyone()
     final_dir = out / "final"
     if accelerator.is_main_process:
-        trained = copy.deepcopy(accelerator.unwrap_model(unet)).to("cpu", torch.float32)
+        trained = _cpu_fp32(copy.deepcopy(accelerator.unwrap_model(unet)))
         if ema is not None:
             ema.copy_to(trained.parameters())
-        save_pipeline(final_dir, trained, parts.vae.to("cpu", torch.float32), parts.text_encoder.to("cpu", torch.float32),
-                      parts.tokenizer, scheduler, overwrite=True)
+        save_pipeline(final_dir, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder), parts.tokenizer, scheduler,
+                      overwrite=True)
         write_model_card(final_dir, cfg, expanded, losses, time.time() - started)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(final_dir=final_dir, losses=losses, expanded_conv_in=expanded, wall_seconds=time.time() - started)
+
+
+def _cpu_fp32(module: torch.nn.Module) -> torch.nn.Module:
+    """Saved weights are fp32 on CPU whatever precision trained them."""
+    module = module.to("cpu")
+    return module if next(module.parameters()).dtype == torch.float32 else module.to(torch.float32)
 
 
 def write_model_card(folder: Path, cfg: TrainConfig, expanded: bool, losses: list[tuple[int, float]], seconds: float) -> None:

@@ -1,0 +1,31 @@
+# Two commands a new user runs: `make quickstart`, then `make test`.
+# Each sets itself up on first use: a .venv with $(TORCH), then instructsd with its test extras,
+# pinned by constraints.txt. CUDA users: make TORCH='torch==2.x.y' quickstart
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.instructsd-installed
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup quickstart test clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet '$(TORCH)'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/instructsd quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,33 @@
+"""`instructsd eval`: score a model against ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def eval_cmd(
+    model: str = typer.Option(..., help="InstructPix2Pix model: hub id or local diffusers folder."),
+    dataset: Path = typer.Option(..., help="Dataset folder from `instructsd data build`."),
+    split: str = typer.Option("validation", help="Split to score."),
+    out: Path = typer.Option(Path("runs/eval"), help="Folder for metrics.json, metrics.csv and report.html."),
+    per_task: Optional[int] = typer.Option(None, help="Score at most N rows per task."),
+    steps: int = typer.Option(20, help="Sampling steps."),
+    image_guidance: float = typer.Option(1.5, help="Image guidance scale."),
+    guidance: float = typer.Option(7.0, help="Text guidance scale."),
+    seed: int = typer.Option(0, help="Base seed (row i uses seed + i)."),
+    device: Optional[str] = typer.Option(None, help="cuda, mps or cpu."),
+) -> None:
+    """PSNR and SSIM of a model's edits against ground truth, beside the identity baseline."""
+    from instructsd.edit.editor import EditSettings, load_editor
+    from instructsd.eval.run import format_table, run_eval
+    from instructsd.train.data import load_split
+
+    rows = load_split(dataset, split, ["input_image", "edited_image", "edit_prompt"])
+    pipe = load_editor(model, device=device)
+    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
+    summary, report = run_eval(pipe, rows, out, settings=settings, per_task=per_task, seed=seed, title=f"Evaluation of {model}")
+    typer.echo(format_table(summary))
+    typer.echo(f"report: {report}")

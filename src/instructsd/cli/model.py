@@ -1,0 +1,25 @@
+"""`instructsd model …`: make and inspect models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Make and inspect models.")
+
+
+@app.command("init-tiny")
+
+
+def model_init_tiny(
+    out: Path = typer.Argument(..., help="Folder to write the diffusers model to."),
+    in_channels: int = typer.Option(8, help="8: InstructPix2Pix layout; 4: plain Stable Diffusion layout."),
+    seed: int = typer.Option(0, help="Seed for the random weights."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Write a tiny random-weight model (UNet, VAE, CLIP text encoder, BPE tokenizer, scheduler)."""
+    from instructsd.models.tiny import init_tiny
+
+    init_tiny(out, in_channels=in_channels, seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {out} ({in_channels}-channel UNet)")
