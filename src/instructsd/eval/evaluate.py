@@ -25,16 +25,23 @@ class EvalResult:
 
 
 def select_per_task(rows: Dataset, per_task: int | None, task_column: str = "task") -> list[int]:
-    """Indices of the first ``per_task`` rows of each task (all rows when None)."""
-    if task_column not in rows.column_names:
-        return list(range(len(rows) if per_task is None else min(per_task, len(rows))))
-    counts: dict[str, int] = {}
+    """Up to ``per_task`` rows of each task, spread evenly over the split (all rows when None).
+
+    Spreading matters: rows are stored photo by photo, so the first N rows of a task would
+    all come from one photo.
+    """
+    tasks = rows[task_column] if task_column in rows.column_names else ["all"] * len(rows)
+    by_task: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(i)
     picked = []
-    for i, task in enumerate(rows[task_column]):
-        if per_task is None or counts.get(task, 0) < per_task:
-            counts[task] = counts.get(task, 0) + 1
-            picked.append(i)
-    return picked
+    for indices in by_task.values():
+        if per_task is None or per_task >= len(indices):
+            picked.extend(indices)
+        else:
+            step = len(indices) / per_task
+            picked.extend(indices[int(k * step)] for k in range(per_task))
+    return sorted(picked)
 
 
 def evaluate(
