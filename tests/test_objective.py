@@ -13,6 +13,7 @@ from instructsd.train.objective import (
     conditioning_dropout,
     encode_pair,
     instruct_pix2pix_loss,
+    min_snr_weights,
     training_target,
 )
 
@@ -110,3 +111,38 @@ def test_loss_conditions_the_unet_as_each_dropout_case_says(parts, probs, drop_t
         other = _manual_loss(unet, scheduler, latents, image_latents, text, null_text, 5, not drop_text, drop_image)
     assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
     assert loss.item() != pytest.approx(other.item(), rel=1e-5)  # the case actually matters
+
+
+@pytest.mark.parametrize("prediction_type, expected", [
+    ("epsilon", lambda snr, g: torch.clamp(snr, max=g) / snr),
+    ("v_prediction", lambda snr, g: torch.clamp(snr, max=g) / (snr + 1)),
+])
+def test_min_snr_weights_follow_hang_et_al(prediction_type, expected):
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    t = torch.tensor([0, 100, 999])
+    alpha_bar = scheduler.alphas_cumprod[t]
+    snr = alpha_bar / (1 - alpha_bar)
+    weights = min_snr_weights(scheduler, t, 5.0, prediction_type)
+    assert torch.allclose(weights, expected(snr, 5.0))
+    if prediction_type == "epsilon":
+        assert weights[0] < 1 and weights[2] == pytest.approx(1.0)  # low-noise steps down-weighted, high-noise kept
+
+
+def test_snr_weighting_and_noise_offset_change_the_loss_only_when_asked(parts):
+    unet, scheduler = parts.unet.eval(), parts.scheduler
+    torch.manual_seed(0)
+    latents, image_latents = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
+    dim = unet.config.cross_attention_dim
+    text, null_text = torch.randn(2, 77, dim), torch.randn(1, 77, dim)
+    probs = DropoutProbs(0, 0, 0)
+
+    def loss(**kw):
+        with torch.no_grad():
+            return instruct_pix2pix_loss(unet, scheduler, latents, image_latents, text, null_text, probs,
+                                         torch.Generator().manual_seed(5), **kw).item()
+
+    plain = loss()
+    assert loss(noise_offset=0.0) == plain and loss(snr_gamma=None) == plain
+    assert loss(noise_offset=0.1) != pytest.approx(plain, rel=1e-6)
+    assert loss(snr_gamma=5.0) != pytest.approx(plain, rel=1e-6)
+    assert loss(snr_gamma=1e9) == pytest.approx(plain, rel=1e-5)  # γ above every SNR: weights are 1 for ε

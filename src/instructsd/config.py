@@ -125,7 +125,14 @@ def load_config(cls: type[T], source: str | Path | None = None, overrides: list[
         path = named.get(str(source), Path(source))
         data.update(read_yaml(path))
         label = str(path)
-    data.update(parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise InstructSDError(
+            f"unknown config key '{unknown[0]}' in the key=value overrides; known keys: {', '.join(sorted(known))}"
+        )
+    data.update(extra)
     return from_dict(cls, data, source=label)
 
 

@@ -5,6 +5,7 @@ Each subcommand imports its library code lazily, so ``instructsd --help`` stays 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -20,27 +21,49 @@ app.add_typer(model.app, name="model")
 app.add_typer(config.app, name="config")
 app.command("train")(train.train_cmd)
 app.command("edit")(edit.edit_cmd)
+from instructsd.cli import demo  # noqa: E402  (issue 5: web demo)
+app.command("demo")(demo.demo_cmd)
 app.command("eval")(evaluate.eval_cmd)
 app.command("quickstart")(quickstart.quickstart_cmd)
+from instructsd.cli import compare  # noqa: E402  (issue 6: evaluation and comparison)
+app.command("compare", context_settings=compare.CONTEXT)(compare.compare_cmd)
+from instructsd.cli import experiment  # noqa: E402  (issue 6: the post's experiments as recipes)
+app.command("experiment")(experiment.experiment_cmd)
+
+
+def _click_errors() -> tuple[tuple, tuple, tuple]:
+    """(exit, usage, abort) exception types from click and from typer's vendored click."""
+    import click
+
+    modules = [click.exceptions]
+    for name in ("typer.exceptions", "typer._click.exceptions"):  # typer >= 0.25 vendors click
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            pass
+
+    def collect(attr: str) -> tuple:
+        return tuple({getattr(m, attr) for m in modules if isinstance(getattr(m, attr, None), type)})
+
+    return collect("Exit"), collect("ClickException"), collect("Abort")
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user errors become one line on stderr."""
-    import click
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    exit_types, usage_types, abort_types = _click_errors()
     try:
         app(args=argv, standalone_mode=False, prog_name="instructsd")
     except InstructSDError as err:
         typer.echo(f"error: {err}", err=True)
         return 1
-    except click.exceptions.Exit as exit_:
+    except exit_types as exit_:
         return exit_.exit_code
-    except click.ClickException as err:
+    except usage_types as err:
         err.show()
         return err.exit_code
-    except click.exceptions.Abort:
+    except abort_types:
         typer.echo("aborted", err=True)
         return 130
     return 0

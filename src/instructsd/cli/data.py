@@ -16,25 +16,105 @@ app = typer.Typer(no_args_is_help=True, help="Build instruction datasets.")
 
 
 def data_build(
-    out: Path = typer.Argument(..., help="Folder to write the dataset to (Hugging Face datasets format)."),
+    out: Path = typer.Argument(..., help="Folder to write the dataset to (Hugging Face datasets format); with --shard, this shard's parts folder."),
+    mixture: Optional[Path] = typer.Option(None, help="Mixture YAML (tasks, sources, counts, instruction policy); see docs/data.md. Replaces --images/--tasks/--crops-per-image."),
     images: Optional[Path] = typer.Option(None, help="Folder of source photos (recursive). Default: the sample photos shipped with scikit-image."),
     tasks: str = typer.Option("denoise,lowlight,cartoonize", help="Comma-separated tasks; see `instructsd data tasks`."),
-    size: int = typer.Option(64, help="Side of the square pairs, in pixels."),
+    size: int = typer.Option(64, help="Side of the square pairs, in pixels (a mixture sets its own)."),
     crops_per_image: int = typer.Option(4, help="Random crops taken from each source photo."),
     val_fraction: float = typer.Option(0.15, help="Fraction of source photos held out for validation."),
     seed: int = typer.Option(0, help="Seed for crops, degradations and instruction choice."),
+    num_proc: int = typer.Option(1, help="Worker processes (mixture builds); the result does not depend on it."),
+    shard: str = typer.Option("0/1", help="I/N: build only chunks c with c mod N == I into OUT (a parts folder); combine with `instructsd data join`."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only after the new dataset is complete)."),
 ) -> None:
-    """Make (input, instruction, edited) pairs from photos and save train/validation splits."""
-    from instructsd.data.build import build_dataset
-    from instructsd.data.images import find_images, load_image
-    from instructsd.data.samples import sample_images
+    """Make (input, instruction, edited) pairs and save train/validation splits.
 
-    sources = [(str(p.relative_to(images).with_suffix("")), load_image(p)) for p in find_images(images)] if images else sample_images()
-    data = build_dataset(sources, out, tasks=tuple(split_csv(tasks)), size=size, crops_per_image=crops_per_image,
-                         val_fraction=val_fraction, seed=seed, overwrite=overwrite)
+    A mixture build is resumable: kill it and run the same command again.
+    """
+    if mixture is not None:
+        from instructsd.data.chunked import build_mixture, parse_shard
+        from instructsd.errors import InstructSDError
+
+        if images is not None:
+            raise InstructSDError("--images and --mixture do not mix; put the folder in the mixture as source: {folder: DIR}")
+
+        part = parse_shard(shard)
+        data = build_mixture(mixture, out, num_proc=num_proc, shard=part, overwrite=overwrite, progress=progress)
+        if data is None:
+            typer.echo(f"wrote shard {shard} parts to {out}; join all shards with `instructsd data join OUT PARTS...`")
+            return
+    else:
+        from instructsd.data.build import build_dataset
+        from instructsd.data.images import find_images, load_image
+        from instructsd.data.samples import sample_images
+
+        sources = [(str(p.relative_to(images).with_suffix("")), load_image(p)) for p in find_images(images)] if images else sample_images()
+        data = build_dataset(sources, out, tasks=tuple(split_csv(tasks)), size=size, crops_per_image=crops_per_image,
+                             val_fraction=val_fraction, seed=seed, overwrite=overwrite, progress=progress)
     counts = ", ".join(f"{name}: {len(split)}" for name, split in data.items())
     typer.echo(f"wrote {out} ({counts})")
+
+
+@app.command("join")
+
+
+def data_join(
+    out: Path = typer.Argument(..., help="Folder to write the joined dataset to."),
+    parts: list[Path] = typer.Argument(..., help="Parts folders written by `instructsd data build --shard I/N` (all N shards)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Join the shards of a mixture build into the dataset a single build would make."""
+    from instructsd.data.chunked import join_parts
+
+    data = join_parts(parts, out, overwrite=overwrite, progress=progress)
+    counts = ", ".join(f"{name}: {len(split)}" for name, split in data.items())
+    typer.echo(f"wrote {out} ({counts})")
+
+
+@app.command("export-parquet")
+
+
+def data_export_parquet(
+    dataset: Path = typer.Argument(..., help="A saved dataset folder."),
+    out: Path = typer.Argument(..., help="Folder for <split>.parquet files."),
+) -> None:
+    """Write each split as one parquet file (e.g. to upload or share)."""
+    from instructsd.data.chunked import export_parquet
+
+    for path in export_parquet(dataset, out):
+        typer.echo(f"wrote {path}")
+
+
+@app.command("push")
+
+
+def data_push(
+    dataset: Path = typer.Argument(..., help="A saved dataset folder."),
+    repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. me/my-instructions."),
+    public: bool = typer.Option(False, help="Create the repo public (default private)."),
+) -> None:
+    """Upload a saved dataset to the Hugging Face Hub (needs `hf auth login` and network)."""
+    from instructsd.data.chunked import push_to_hub
+
+    push_to_hub(dataset, repo_id, private=not public)
+    typer.echo(f"pushed {dataset} to {repo_id}")
+
+
+@app.command("degradations")
+
+
+def data_degradations() -> None:
+    """List the synthetic degradations, their task and parameter ranges."""
+    from instructsd.data.degradations import DEGRADATIONS, GROUPS
+
+    for d in DEGRADATIONS.values():
+        ranges = ", ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in d.ranges.items())
+        typer.echo(f"{d.name} ({d.task}): {ranges}")
+    for name, members in GROUPS.items():
+        typer.echo(f"{name}: one of {', '.join(members)}, per sample")
 
 
 @app.command("tasks")
@@ -48,3 +128,27 @@ def data_tasks() -> None:
         typer.echo(f"{task.name}:")
         for text in task.instructions:
             typer.echo(f"  - {text}")
+
+
+@app.command("instructions")
+
+
+def data_instructions(
+    task: str = typer.Argument(..., help="Task name (see `instructsd data tasks`), or a compound like deblur+denoise."),
+    samples: int = typer.Option(5, help="For a compound task: how many sampled instructions to print."),
+    seed: int = typer.Option(0, help="Seed for the sampled compound instructions."),
+) -> None:
+    """Print a task's instruction bank (train and held-out paraphrases, clauses)."""
+    import numpy as np
+
+    from instructsd.data.instructions import COMPOUND_SEP, canonical_instruction, format_bank, sample_instruction
+
+    if COMPOUND_SEP not in task:
+        typer.echo(format_bank(task))
+        return
+    rng = np.random.default_rng(seed)
+    typer.echo(f"{task}  (canonical: {canonical_instruction(task)})")
+    for held_out in (False, True):
+        typer.echo("held_out:" if held_out else "train:")
+        for _ in range(samples):
+            typer.echo(f"  - {sample_instruction(task, rng, held_out=held_out)}")

@@ -1,35 +1,87 @@
-"""`instructsd edit`: edit an image by an instruction."""
+"""`instructsd edit`: edit images — one file, a folder or a glob — by one or more instructions."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 
 def edit_cmd(
     model: str = typer.Option(..., help="InstructPix2Pix model: hub id or local diffusers folder."),
-    image: Path = typer.Option(..., help="Image to edit."),
-    instruction: str = typer.Option(..., help='What to do, e.g. "Cartoonize the image."'),
-    out: Path = typer.Option(..., help="Where to write the edited PNG."),
+    image: List[str] = typer.Option(..., help="Image file, folder (recursive) or quoted glob; repeatable."),
+    instruction: List[str] = typer.Option(..., help='What to do, e.g. "Cartoonize the image."; repeatable.'),
+    out: Path = typer.Option(..., help="Output folder; or a .png file when editing one image once."),
+    seed: List[int] = typer.Option([0], help="Seed; repeatable. The same seed gives the same edit."),
     steps: int = typer.Option(20, help="Sampling steps."),
     image_guidance: float = typer.Option(1.5, help="Image guidance scale (higher stays closer to the input)."),
     guidance: float = typer.Option(7.0, help="Text guidance scale (higher follows the instruction harder)."),
     scheduler: str = typer.Option("euler_ancestral", help="euler_ancestral, euler, dpmpp, ddim or unipc."),
-    seed: int = typer.Option(0, help="Seed; the same seed gives the same edit."),
+    negative_prompt: Optional[str] = typer.Option(None, help="What the edit should avoid."),
+    batch_size: int = typer.Option(1, help="Edits of one image sampled together."),
+    max_side: Optional[int] = typer.Option(None, help="Downscale inputs so the longer side is at most this."),
+    highres: str = typer.Option("off", help="off, residual or guided: edit at the model's native size, restore detail at full size (docs/editing.md)."),
+    native_side: Optional[int] = typer.Option(None, help="Longer side to edit at with --highres (default: the model's)."),
+    max_pixels: int = typer.Option(50_000_000, help="Refuse inputs with more pixels than this (checked before decoding)."),
+    sweep: List[str] = typer.Option([], help="Grid over a setting, e.g. image_guidance=1.0,1.5,2.0; up to two."),
+    attention_slicing: bool = typer.Option(False, help="Attention in slices: less memory, a little slower."),
+    vae_tiling: bool = typer.Option(False, help="Encode/decode large images tile by tile."),
+    cpu_offload: bool = typer.Option(False, help="Keep models on the CPU until used (CUDA + accelerate)."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first edit)."),
     device: Optional[str] = typer.Option(None, help="cuda, mps or cpu (default: the best available)."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
 ) -> None:
-    """Edit one image by one instruction."""
-    from instructsd.data.images import load_image
-    from instructsd.edit.editor import EditSettings, edit_images, load_editor
-    from instructsd.edit.io import save_png
+    """Edit images by instructions; every output PNG records how it was made."""
+    import dataclasses
 
-    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance, scheduler=scheduler)
-    source = load_image(image)
-    pipe = load_editor(model, device=device, dtype=dtype)
-    (result,) = edit_images(pipe, [source], [instruction], settings, seeds=[seed])
-    meta = {"model": model, "image": str(image), "instruction": instruction, "seed": seed, **settings.__dict__}
-    save_png(result, out, meta)
-    typer.echo(f"wrote {out}")
+    from tqdm import tqdm
+
+    from instructsd.edit.batch import edit_batch, parse_sweep, sweep_grid
+    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_editor
+    from instructsd.edit.inputs import collect_inputs, read_image
+    from instructsd.edit.io import save_png
+    from instructsd.errors import InstructSDError
+
+    settings = EditSettings(
+        num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance,
+        scheduler=scheduler, negative_prompt=negative_prompt, max_side=max_side, highres=highres,
+        native_side=native_side,
+    )
+    sweeps = [parse_sweep(s) for s in sweep]
+    sources = collect_inputs(image)
+    single_file = out.suffix.lower() == ".png"
+    if single_file and (len(sources) != 1 or len(instruction) != 1 or len(seed) != 1 or sweeps):
+        raise InstructSDError(f"--out {out} is a file, but this run makes several images; pass a folder")
+    if sweeps and len(sources) * len(instruction) != 1:
+        raise InstructSDError("--sweep works on one image and one instruction")
+
+    pipe = load_editor(model, device=None if cpu_offload else device, dtype=dtype)
+    configure_pipeline(pipe, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
+                       cpu_offload=cpu_offload, compile_unet=compile)
+    meta = {"model": model, **dataclasses.asdict(settings)}
+
+    if single_file:  # the simple form: one image, one instruction, one seed → out.png
+        source = read_image(sources[0], max_pixels=max_pixels)
+        (result,) = edit_images(pipe, [source], list(instruction), settings, seeds=list(seed))
+        save_png(result, out, {**meta, "image": str(sources[0]), "instruction": instruction[0], "seed": seed[0]})
+        typer.echo(f"wrote {out}")
+        return
+
+    if sweeps:
+        source = read_image(sources[0], max_pixels=max_pixels)
+        grid, cells = sweep_grid(pipe, source, instruction[0], sweeps, settings, seed=seed[0])
+        path = out / f"{sources[0].stem}_sweep.png"
+        save_png(grid, path, {**meta, "image": str(sources[0]), "instruction": instruction[0], "seed": seed[0],
+                              "sweep": [{"setting": name, "values": values} for name, values in sweeps]})
+        typer.echo(f"wrote {path} ({len(cells)} edits)")
+        return
+
+    root = Path(image[0]) if len(image) == 1 and Path(image[0]).is_dir() else None
+    total = len(sources) * len(instruction) * len(seed)
+    with tqdm(total=total, desc="editing", unit="edit") as bar:
+        result = edit_batch(pipe, sources, instruction, seed, out, settings, batch_size=batch_size,
+                            model_name=model, root=root, max_pixels=max_pixels, progress=bar.update)
+    typer.echo(f"wrote {len(result.outputs)} images to {out}")
+    if result.failures:
+        typer.echo(f"{len(result.failures)} input(s) failed; see {out / 'failures.jsonl'}", err=True)

@@ -19,15 +19,26 @@ def eval_cmd(
     guidance: float = typer.Option(7.0, help="Text guidance scale."),
     seed: int = typer.Option(0, help="Base seed (row i uses seed + i)."),
     device: Optional[str] = typer.Option(None, help="cuda, mps or cpu."),
+    clip: str = typer.Option("none", help="CLIP model (hub id or folder) for CLIP image/direction/T/I metrics, or none."),
+    dino: str = typer.Option("none", help="DINO ViT model (hub id or folder) for the DINO score, or none."),
+    lpips: str = typer.Option("none", help="LPIPS backbone (alex or vgg; needs the lpips package), or none."),
 ) -> None:
-    """PSNR and SSIM of a model's edits against ground truth, beside the identity baseline."""
-    from instructsd.edit.editor import EditSettings, load_editor
+    """PSNR and SSIM (and, on request, every other metric) of a model's edits, beside the identity baseline."""
+    from instructsd.edit.editor import EditSettings, default_device, load_editor
+    from instructsd.eval.features import MetricSuite, disabled
     from instructsd.eval.run import format_table, run_eval
     from instructsd.train.data import load_split
 
     rows = load_split(dataset, split, ["input_image", "edited_image", "edit_prompt"])
+    device = device or default_device()
     pipe = load_editor(model, device=device)
     settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
-    summary, report = run_eval(pipe, rows, out, settings=settings, per_task=per_task, seed=seed, title=f"Evaluation of {model}")
+    # Without any network metric asked for, the classic PSNR / SSIM evaluation; otherwise the whole suite.
+    wanted = not all(disabled(x) for x in (clip, dino, lpips))
+    suite = MetricSuite.load(clip, dino, lpips, device=device) if wanted else None
+    summary, report = run_eval(pipe, rows, out, settings=settings, per_task=per_task, seed=seed,
+                               title=f"Evaluation of {model}", suite=suite)
+    for note in suite.notes if suite is not None else []:
+        typer.echo(f"note: {note}")
     typer.echo(format_table(summary))
     typer.echo(f"report: {report}")

@@ -23,3 +23,17 @@ def model_init_tiny(
 
     init_tiny(out, in_channels=in_channels, seed=seed, overwrite=overwrite)
     typer.echo(f"wrote {out} ({in_channels}-channel UNet)")
+
+
+@app.command("merge-lora")
+def model_merge_lora(
+    run: Path = typer.Argument(..., help="Run folder trained with lora_rank > 0 (or its lora/ folder)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the merged diffusers pipeline to."),
+    base_model: str = typer.Option(None, help="Base model to merge into (default: the one the run trained from)."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Merge LoRA adapters and the trained conv_in into a full InstructPix2Pix pipeline."""
+    from instructsd.models.lora import merge_run
+
+    merge_run(run, out, base_model=base_model, overwrite=overwrite)
+    typer.echo(f"wrote {out}")

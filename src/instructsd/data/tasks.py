@@ -1,7 +1,8 @@
 """Edit tasks: how to make an (input, instruction, edited) triple from one clean photo.
 
 Every task shares one signature, ``apply(clean, rng) -> (input, target)``, on ``uint8``
-``H x W x 3`` RGB arrays. Restoration tasks (denoise, lowlight, deblur) degrade the photo to
+``H x W x 3`` RGB arrays. Restoration tasks (denoise, lowlight, deblur, and derain, dehaze,
+jpeg from :mod:`instructsd.data.degradations`) degrade the photo to
 make the input and keep the clean photo as the target; ``cartoonize`` keeps the photo as the
 input and uses a classical OpenCV filter as the "teacher" that makes the target -- the same
 trick InstructPix2Pix uses with Prompt-to-Prompt, with a cheap deterministic teacher instead.
@@ -19,6 +20,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from instructsd.data.degradations import DEGRADATIONS
+from instructsd.data.degradations import check_rgb as _check_rgb
+from instructsd.data.degradations import to_uint8 as _to_uint8
+from instructsd.data.instructions import get_bank
 from instructsd.errors import InstructSDError
 
 TaskFn = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -45,15 +50,9 @@ class Task:
         return self.instructions[0]
 
 
-def _check_rgb(clean: np.ndarray) -> None:
-    if not (isinstance(clean, np.ndarray) and clean.dtype == np.uint8 and clean.ndim == 3
-            and clean.shape[2] == 3):
-        got = f"{clean.dtype} {clean.shape}" if isinstance(clean, np.ndarray) else type(clean).__name__
-        raise InstructSDError(f"edit tasks take a uint8 H x W x 3 RGB array, got {got}")
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+def _bank_instructions(task: str) -> tuple[str, ...]:
+    bank = get_bank(task)
+    return (bank.canonical,) + tuple(t for t in bank.train if t != bank.canonical)
 
 
 def _odd(x: float, minimum: int = 3) -> int:
@@ -167,62 +166,37 @@ def cartoonize(clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     return clean.copy(), cartoon_filter(clean)
 
 
+# --- derain, dehaze, jpeg: straight from the degradation catalogue -------------------------
+
+
+def _from_degradation(name: str) -> TaskFn:
+    degradation = DEGRADATIONS[name]
+
+    def apply(clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        degraded, _ = degradation(clean, rng)
+        return degraded, clean.copy()
+
+    apply.__name__ = name
+    apply.__doc__ = f"Input: ``{name}`` from :mod:`instructsd.data.degradations`. Target: ``clean``."
+    return apply
+
+
 # --- registry ------------------------------------------------------------------------------
 
 # Order matters: build.py seeds each sample with the task's index here, so appending new
-# tasks keeps old datasets reproducible, reordering does not.
+# tasks keeps old datasets reproducible, reordering does not. Instructions are the ``train``
+# paraphrases of each task's bank (``data/banks/<task>.yaml``), canonical first.
+_APPLY: dict[str, TaskFn] = {
+    "denoise": denoise,
+    "lowlight": lowlight,
+    "deblur": deblur,
+    "cartoonize": cartoonize,
+    "derain": _from_degradation("rain"),
+    "dehaze": _from_degradation("haze"),
+    "jpeg": _from_degradation("jpeg"),
+}
 TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (
-        Task(
-            "denoise",
-            (
-                "Denoise the image.",
-                "Remove the noise from this photo.",
-                "Clean up the grain in this picture.",
-                "Make the photo less noisy.",
-                "Get rid of the speckles.",
-                "Reduce the noise but keep the details.",
-            ),
-            denoise,
-        ),
-        Task(
-            "lowlight",
-            (
-                "Brighten the image.",
-                "Make this photo brighter.",
-                "Fix the underexposure.",
-                "Lighten up this dark picture.",
-                "Increase the exposure.",
-                "Make it look well lit.",
-            ),
-            lowlight,
-        ),
-        Task(
-            "deblur",
-            (
-                "Sharpen the image.",
-                "Remove the blur from this photo.",
-                "Make the picture sharp.",
-                "Deblur the photo.",
-                "Bring the image into focus.",
-                "Fix the out-of-focus blur.",
-            ),
-            deblur,
-        ),
-        Task(
-            "cartoonize",
-            (
-                "Turn the photo into a cartoon.",
-                "Make it look like a cartoon.",
-                "Cartoonize the image.",
-                "Give it a comic-book style.",
-                "Redraw this as a cartoon with bold outlines.",
-                "Make it look like an animated film.",
-            ),
-            cartoonize,
-        ),
-    )
+    name: Task(name, _bank_instructions(name), fn) for name, fn in _APPLY.items()
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from diffusers import (
@@ -23,6 +23,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from instructsd.edit.highres import HIGHRES_METHODS
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import check_model_folder, is_local, torch_dtype
 
@@ -36,6 +37,9 @@ SCHEDULERS = {
 }
 
 
+HIGHRES_MODES = ("off", *HIGHRES_METHODS)
+
+
 @dataclass(frozen=True)
 class EditSettings:
     """Sampling settings; defaults are the post's (20 steps, image 1.5, text 7.0)."""
@@ -45,12 +49,28 @@ class EditSettings:
     guidance_scale: float = 7.0
     scheduler: str = "euler_ancestral"
     negative_prompt: str | None = None
+    max_side: int | None = None
+    """Downscale inputs so their longer side is at most this (aspect kept); None: keep size."""
+    highres: str = "off"
+    """'off': edit at the input's size. 'residual' or 'guided': inputs whose longer side
+    exceeds ``native_side`` are edited at ``native_side`` and the change is transferred to
+    the full-size input — as an upsampled difference, or by a fast guided filter (see
+    instructsd.edit.highres and docs/editing.md)."""
+    native_side: int | None = None
+    """Longer side the model edits at in the high-res modes; None: the model's own (UNet
+    sample size × VAE factor, 512 px for Stable Diffusion 1.5)."""
 
     def __post_init__(self) -> None:
         if self.scheduler not in SCHEDULERS:
             raise InstructSDError(f"unknown scheduler '{self.scheduler}'; use one of {', '.join(SCHEDULERS)}")
         if self.num_inference_steps < 1:
             raise InstructSDError("num_inference_steps must be >= 1")
+        if self.highres not in HIGHRES_MODES:
+            raise InstructSDError(f"unknown highres mode '{self.highres}'; use one of {', '.join(HIGHRES_MODES)}")
+        for name in ("max_side", "native_side"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise InstructSDError(f"{name} must be >= 8 pixels (got {value})")
 
 
 def default_device() -> str:
@@ -87,11 +107,52 @@ def pipeline_from_parts(unet, vae, text_encoder, tokenizer, scheduler) -> Stable
     )
 
 
-def fit_size(image: Image.Image, multiple: int = 8) -> Image.Image:
-    """Round each side down to a multiple of ``multiple`` (aspect kept up to that rounding)."""
+def fit_size(image: Image.Image, multiple: int = 8, max_side: int | None = None) -> Image.Image:
+    """Round each side down to a multiple of ``multiple`` (aspect kept up to that rounding).
+
+    With ``max_side``, first scale down (never up) so the longer side is at most ``max_side``.
+    """
     w, h = image.size
-    nw, nh = max(multiple, w // multiple * multiple), max(multiple, h // multiple * multiple)
+    scale = min(1.0, max_side / max(w, h)) if max_side else 1.0
+    sw, sh = w * scale, h * scale
+    nw, nh = max(multiple, int(sw) // multiple * multiple), max(multiple, int(sh) // multiple * multiple)
     return image if (nw, nh) == (w, h) else image.resize((nw, nh), Image.LANCZOS)
+
+
+def native_side(pipe: StableDiffusionInstructPix2PixPipeline) -> int:
+    """The longer side, in pixels, the model was trained at (UNet sample size × VAE factor)."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def configure_pipeline(
+    pipe: StableDiffusionInstructPix2PixPipeline,
+    attention_slicing: bool = False,
+    vae_tiling: bool = False,
+    cpu_offload: bool = False,
+    compile_unet: bool = False,
+) -> StableDiffusionInstructPix2PixPipeline:
+    """Memory and speed options, all stock diffusers / torch features.
+
+    - attention slicing: attention in slices, less peak memory, a little slower;
+    - VAE tiling: encode/decode large images tile by tile (needed above ~1024 px on 8 GB GPUs);
+    - CPU offload: keep each model on the CPU until it runs (needs accelerate and CUDA);
+    - compile: ``torch.compile`` the UNet (slow first call, faster after).
+    """
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    if cpu_offload:
+        if not torch.cuda.is_available():
+            raise InstructSDError("CPU offload needs a CUDA GPU; drop --cpu-offload on this machine")
+        try:
+            import accelerate  # noqa: F401
+        except ImportError as err:
+            raise InstructSDError("CPU offload needs accelerate: pip install accelerate") from err
+        pipe.enable_model_cpu_offload()
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet)
+    return pipe
 
 
 def edit_images(
@@ -101,11 +162,14 @@ def edit_images(
     settings: EditSettings = EditSettings(),
     seeds: Sequence[int] | None = None,
     batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Image.Image]:
     """Edit ``images[i]`` by ``instructions[i]`` with seed ``seeds[i]`` (default: i).
 
     Each image gets its own generator, so a result depends on its seed only — not on
-    batching or on the other images. Outputs have the input's size rounded to multiples of 8.
+    batching or on the other images (up to float rounding, ±1 level). Outputs have the input's size (after ``max_side``)
+    rounded to multiples of 8. ``progress(n)`` is called after each batch with the number
+    of images it finished.
     """
     if len(images) != len(instructions):
         raise InstructSDError(f"got {len(images)} images but {len(instructions)} instructions")
@@ -119,7 +183,14 @@ def edit_images(
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device  # MPS generators are not reliable
 
-    prepared = [fit_size(im.convert("RGB")) for im in images]
+    if batch_size < 1:
+        raise InstructSDError(f"batch_size must be >= 1 (got {batch_size})")
+    full = [fit_size(im.convert("RGB"), max_side=settings.max_side) for im in images]
+    if settings.highres != "off":
+        side = settings.native_side or native_side(pipe)
+        prepared = [fit_size(im, max_side=side) for im in full]
+    else:
+        prepared = full
     outputs: list[Image.Image | None] = [None] * len(images)
     # Only same-size images can share a batch; group them, keeping each one's own seed.
     by_size: dict[tuple[int, int], list[int]] = {}
@@ -139,5 +210,10 @@ def edit_images(
                 generator=generators,
             ).images
             for i, out in zip(chunk, result):
-                outputs[i] = out
+                # High-res modes: the low-resolution edit says *what* changes; the full-resolution
+                # input supplies the detail (instructsd.edit.highres).
+                transfer = HIGHRES_METHODS.get(settings.highres)
+                outputs[i] = out if prepared[i] is full[i] else transfer(full[i], prepared[i], out)
+            if progress is not None:
+                progress(len(chunk))
     return outputs  # type: ignore[return-value]

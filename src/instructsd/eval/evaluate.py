@@ -56,8 +56,15 @@ def evaluate(
     edited_column: str = "edited_image",
     prompt_column: str = "edit_prompt",
     progress: bool = True,
+    suite=None,
 ) -> EvalResult:
-    """Edit each selected row (seed = ``seed`` + row index) and score model and identity."""
+    """Edit each selected row (seed = ``seed`` + row index) and score model and identity.
+
+    ``suite`` (an ``eval.features.MetricSuite``) scores every metric it has; without one,
+    PSNR and SSIM only.
+    """
+    if suite is not None:
+        from instructsd.eval.features import Example, captions_for
     result = EvalResult()
     indices = select_per_task(rows, per_task)
     for i in tqdm(indices, desc="evaluate", disable=not progress, dynamic_ncols=True):
@@ -67,7 +74,10 @@ def evaluate(
         target = row[edited_column].convert("RGB").resize(source.size, Image.LANCZOS)
         (output,) = edit_images(pipe, [source], [row[prompt_column]], settings, seeds=[seed + i])
         for method, image in (("model", output), ("identity", source)):
-            scores = {name: fn(image, target) for name, fn in METRICS.items()}
+            if suite is None:
+                scores = {name: fn(image, target) for name, fn in METRICS.items()}
+            else:
+                scores = suite.score(image, Example(source, target, *captions_for(task, row)), key=i)
             result.rows.append({"index": i, "task": task, "method": method, "instruction": row[prompt_column], **scores})
         shown = result.examples.setdefault(task, [])
         if len(shown) < examples_per_task:

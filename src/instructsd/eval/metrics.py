@@ -1,8 +1,10 @@
-"""Image-similarity metrics (PSNR, SSIM) and their per-task summary with bootstrap intervals.
+"""Pixel metrics (PSNR, SSIM on RGB and on Y, L1, L2) and their per-task summary with bootstrap intervals.
 
-Every metric shares one signature, `metric(pred, target) -> float`, on RGB uint8 images of
-the same size, so `METRICS` can be looped over. Callers resize before scoring: a metric
-never resamples, because how to resize is an evaluation choice, not the metric's.
+Every pixel metric shares one signature, `metric(pred, target) -> float`, on RGB uint8 images
+of the same size, so `PIXEL_METRICS` can be looped over. Callers resize before scoring: a
+metric never resamples, because how to resize is an evaluation choice, not the metric's.
+Metrics that need a network (CLIP, DINO, LPIPS) live in `eval.features`; docs/evaluation.md
+gives every metric's exact definition.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from skimage.color import rgb2ycbcr
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 # PSNR of identical images is infinite; one such pair would make a mean infinite, so we cap.
@@ -62,15 +65,16 @@ def _pair(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> t
 # Metrics: metric(pred, target) -> float, higher is better
 
 
-def psnr(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> float:
+def psnr(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray, cap: float | None = PSNR_CAP_DB) -> float:
     """Peak signal-to-noise ratio in dB, 10*log10(255^2 / MSE), over all RGB values.
 
-    Identical images give 100.0 dB (`PSNR_CAP_DB`) rather than infinity, so means stay finite.
+    Identical images give 100.0 dB (`PSNR_CAP_DB`) rather than infinity, so means stay finite;
+    pass ``cap=None`` for the mathematical value (``inf`` for identical images).
     """
     a, b = _pair(pred, target)
     with np.errstate(divide="ignore"):  # MSE == 0 -> inf, which the cap below handles
         value = float(peak_signal_noise_ratio(b, a, data_range=255))
-    return min(value, PSNR_CAP_DB)
+    return value if cap is None else min(value, cap)
 
 
 def ssim(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> float:
@@ -87,10 +91,66 @@ def ssim(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> fl
     return float(structural_similarity(b, a, channel_axis=-1, data_range=255, win_size=win))
 
 
-METRICS: dict[str, Callable[[Image.Image | np.ndarray, Image.Image | np.ndarray], float]] = {
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma as MATLAB's rgb2ycbcr computes it: Y in [16, 235], float64.
+
+    This is the Y the super-resolution and restoration literature scores on (e.g. BasicSR's
+    `test_y_channel`); skimage's rgb2ycbcr implements the same matrix.
+    """
+    return rgb2ycbcr(rgb)[..., 0]
+
+
+def psnr_y(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray, cap: float | None = PSNR_CAP_DB) -> float:
+    """PSNR in dB on the BT.601 Y channel (data range 255), capped like `psnr`."""
+    a, b = _pair(pred, target)
+    ya, yb = _luma(a), _luma(b)
+    with np.errstate(divide="ignore"):
+        value = float(peak_signal_noise_ratio(yb, ya, data_range=255))
+    return value if cap is None else min(value, cap)
+
+
+def ssim_y(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> float:
+    """SSIM on the BT.601 Y channel, with the same window as `ssim` (data range 255)."""
+    a, b = _pair(pred, target)
+    side = min(a.shape[0], a.shape[1])
+    if side < 3:
+        raise ValueError(f"SSIM needs images at least 3x3 px, got {a.shape[1]}x{a.shape[0]}")
+    win = min(_SSIM_WIN, side if side % 2 == 1 else side - 1)
+    return float(structural_similarity(_luma(b), _luma(a), data_range=255, win_size=win))
+
+
+def l1(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> float:
+    """Mean absolute difference on RGB values scaled to [0, 1] (MagicBrush's L1; lower is better)."""
+    a, b = _pair(pred, target)
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).mean() / 255.0)
+
+
+def l2(pred: Image.Image | np.ndarray, target: Image.Image | np.ndarray) -> float:
+    """Mean squared difference on RGB values scaled to [0, 1] (MagicBrush's "L2", i.e. torch's MSELoss; lower is better)."""
+    a, b = _pair(pred, target)
+    return float((((a.astype(np.float64) - b.astype(np.float64)) / 255.0) ** 2).mean())
+
+
+Metric = Callable[[Image.Image | np.ndarray, Image.Image | np.ndarray], float]
+
+# The quickstart's and `run_eval`'s two headline metrics.
+METRICS: dict[str, Metric] = {
     "psnr": psnr,
     "ssim": ssim,
 }
+
+# Every metric that needs only the output and the ground truth, in report order.
+PIXEL_METRICS: dict[str, Metric] = {
+    "psnr": psnr,
+    "ssim": ssim,
+    "psnr_y": psnr_y,
+    "ssim_y": ssim_y,
+    "l1": l1,
+    "l2": l2,
+}
+
+# Metrics where a smaller value is the better one (the report marks the minimum as best).
+LOWER_IS_BETTER = frozenset({"l1", "l2", "lpips"})
 
 
 # ----------------------------------------------------------------------------

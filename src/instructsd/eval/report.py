@@ -24,15 +24,20 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from instructsd.eval.metrics import ALL_TASKS, to_array
+from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, to_array
 
 # Images smaller than this (longest side, px) are enlarged by a whole factor for viewing;
 # nearest-neighbour keeps their pixels honest, which matters when judging 32-64 px test edits.
 MIN_VIEW_PX = 160
 
 # Digits shown per metric; others use 4 significant digits.
-_METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}"}
-_METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑"}
+_METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "psnr_y": "{:.2f}", "ssim_y": "{:.3f}", "l1": "{:.4f}",
+                   "l2": "{:.4f}", "lpips": "{:.3f}", "clip_image": "{:.3f}", "clip_dir": "{:.3f}", "clip_t": "{:.3f}",
+                   "clip_i": "{:.3f}", "dino": "{:.3f}"}
+_METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "psnr_y": "PSNR-Y (dB) ↑", "ssim_y": "SSIM-Y ↑",
+                  "l1": "L1 ↓", "l2": "L2 ↓", "lpips": "LPIPS ↓", "clip_image": "CLIP image sim. (input) ↑",
+                  "clip_dir": "CLIP direction ↑", "clip_t": "CLIP-T ↑", "clip_i": "CLIP-I (ground truth) ↑",
+                  "dino": "DINO (ground truth) ↑"}
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -100,9 +105,11 @@ def _fmt(key: str, value: float) -> str:
     return _METRIC_FORMATS.get(key, "{:.4g}").format(value)
 
 
-def _metrics_section(metrics: list[dict[str, Any]]) -> str:
+def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] | set[str] = frozenset(),
+                     heading: str = "Metrics") -> str:
+    """The summary table; methods in `references` (e.g. the ground truth) are shown but never marked best."""
     if not metrics:
-        return "<h2>Metrics</h2><p>No metrics were computed.</p>"
+        return f"<h2>{html.escape(heading)}</h2><p>No metrics were computed.</p>"
     keys = _metric_keys(metrics[0])
     for i, row in enumerate(metrics):
         missing = [k for k in ("task", "method", "n", *keys) if k not in row]
@@ -113,17 +120,23 @@ def _metrics_section(metrics: list[dict[str, Any]]) -> str:
     best: dict[tuple[str, str], float] = {}
     methods: dict[str, int] = {}
     for row in metrics:
+        if row["method"] in references:
+            continue
         methods[row["task"]] = methods.get(row["task"], 0) + 1
         for k in keys:
-            best[row["task"], k] = max(best.get((row["task"], k), -math.inf), row[k])
+            # Lower-is-better metrics are negated so one max finds the best of either kind.
+            sign = -1.0 if k in LOWER_IS_BETTER else 1.0
+            best[row["task"], k] = max(best.get((row["task"], k), -math.inf), sign * row[k])
 
     head = "".join(f"<th>{html.escape(_METRIC_TITLES.get(k, k))}</th>" for k in keys)
-    lines = [f"<h2>Metrics</h2><table><tr><th>task</th><th>method</th><th>n</th>{head}</tr>"]
+    lines = [f"<h2>{html.escape(heading)}</h2><table><tr><th>task</th><th>method</th><th>n</th>{head}</tr>"]
     for row in metrics:
         task = row["task"]
         cells = []
         for k in keys:
-            is_best = methods[task] > 1 and row[k] == best[task, k]
+            sign = -1.0 if k in LOWER_IS_BETTER else 1.0
+            is_best = (row["method"] not in references and methods.get(task, 0) > 1
+                       and sign * row[k] == best[task, k])
             ci = f'<span class="ci">[{_fmt(k, row[f"{k}_lo"])}, {_fmt(k, row[f"{k}_hi"])}]</span>'
             cells.append(f'<td class="num{" best" if is_best else ""}">{_fmt(k, row[k])} {ci}</td>')
         pooled = ' class="pooled"' if task == ALL_TASKS else ""

@@ -11,7 +11,8 @@ from datasets import Dataset
 
 from instructsd.edit.editor import EditSettings
 from instructsd.eval.evaluate import evaluate
-from instructsd.eval.metrics import summarize
+from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
+from instructsd.eval.provenance import provenance
 from instructsd.eval.report import write_report
 
 
@@ -34,14 +35,28 @@ def run_eval(
     notes: list[str] | None = None,
     config: dict | None = None,
     progress: bool = True,
+    suite=None,
 ) -> tuple[list[dict], Path]:
-    """Score ``pipe`` on ``rows``; write metrics.json, metrics.csv and report.html to ``out``."""
+    """Score ``pipe`` on ``rows``; write metrics.json, metrics.csv and report.html to ``out``.
+
+    ``suite`` (an ``eval.features.MetricSuite``) adds every metric it has to PSNR and SSIM;
+    the metrics it skipped are listed in the report's notes and in metrics.json.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(pipe, rows, settings, per_task=per_task, seed=seed, progress=progress)
-    summary = summarize(result.rows)
-    _write_atomic(out / "metrics.json", json.dumps({"settings": settings.__dict__, "seed": seed, "summary": summary,
-                                                    "per_image": result.rows}, indent=2))
+    result = evaluate(pipe, rows, settings, per_task=per_task, seed=seed, progress=progress, suite=suite)
+    summary = summarize(result.rows, metric_keys=suite.names if suite is not None else ("psnr", "ssim"))
+    skipped = list(suite.notes) if suite is not None else []
+    # Reproducibility: versions, machine, and sha256 of the model's weight files (issue 6).
+    source = getattr(pipe, "name_or_path", None)
+    prov = provenance({"model": source} if source else None)
+    seeds = {"base": seed, "rule": "row i is edited with seed + i",
+             "bootstrap": {"seed": BOOTSTRAP_SEED, "resamples": BOOTSTRAP_RESAMPLES, "interval": "95% percentile"}}
+    _write_atomic(out / "metrics.json", json.dumps({"settings": settings.__dict__, "seed": seed, "seeds": seeds,
+                                                    "config": config, "provenance": prov, "notes": skipped,
+                                                    "metric_models": suite.sources if suite is not None else {},
+                                                    "summary": summary,
+                                                    "per_image": result.rows}, indent=2, default=str))
     fields = list(result.rows[0].keys()) if result.rows else []
     with (out / ".metrics.csv.tmp").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -52,7 +67,8 @@ def run_eval(
                      f"{settings.image_guidance_scale}, text guidance {settings.guidance_scale}, seed {seed} + row index. "
                      f"'identity' returns the input unchanged: the baseline a model must beat.")
     report = write_report(out / "report.html", title=title, examples=result.examples, metrics=summary,
-                          loss_curve=loss_curve, notes=[*(notes or []), settings_note], config=config)
+                          loss_curve=loss_curve, notes=[*(notes or []), settings_note, *skipped],
+                          config={**(config or {}), "seeds": seeds, "provenance": prov})
     return summary, report
 
 

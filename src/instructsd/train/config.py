@@ -23,6 +23,13 @@ class TrainConfig:
     random_flip: bool = opt(True, "Flip input and target together, independently for each sample.")
     max_train_samples: Optional[int] = opt(None, "Use only the first N training rows (for quick experiments).")
     dataloader_num_workers: int = opt(0, "DataLoader worker processes (0 = load in the training process).")
+    center_crop: bool = opt(False, "Crop the centre instead of a random window (forced on with cache_latents, which caches one crop).")
+    task_column: str = opt("task", "Dataset column naming each row's task (for deferred instructions and task_weights).")
+    task_weights: Optional[dict] = opt(None, "Task mixture {task: weight}: rows drawn with replacement so each task gets that share (null = every row once per epoch).")
+    max_bad_fraction: float = opt(0.01, "Images failing to decode are skipped and counted; abort once more than this fraction of the training rows failed.")
+    # --- caching -------------------------------------------------------------------------------
+    cache_latents: bool = opt(False, "Encode VAE latents (both flips) and text embeddings once into a dataset on disk; no encoder runs during training.")
+    cache_dir: str = opt("", "Where the cache lives (empty = output_dir/cache); reused across runs when its fingerprint matches.")
     # --- optimisation ------------------------------------------------------------------------
     train_batch_size: int = opt(2, "Samples per device per forward pass.")
     gradient_accumulation_steps: int = opt(4, "Forward passes accumulated per optimizer step (effective batch = batch × accumulation × processes).")
@@ -37,16 +44,32 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "Clip the global gradient norm to this (0 disables).")
     mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", "Autocast precision; fp16 needs a CUDA GPU.")
     gradient_checkpointing: bool = opt(False, "Recompute UNet activations in the backward pass to save memory.")
+    use_8bit_adam: bool = opt(False, "bitsandbytes 8-bit AdamW (optional extra `bnb`, CUDA) to cut optimizer memory by ~75%.")
+    allow_tf32: bool = opt(False, "Allow TF32 matmuls on Ampere+ GPUs (faster, slightly less precise).")
+    compile: bool = opt(False, "torch.compile the UNet (attention is diffusers' default SDPA either way).")
     use_ema: bool = opt(False, "Keep an exponential moving average of the UNet weights and save it as the final model.")
     ema_decay: float = opt(0.9999, "EMA decay (warmed up as min(decay, (1 + step) / (10 + step))).")
+    ema_on_cpu: bool = opt(False, "Keep the EMA weights in CPU memory (saves one UNet of GPU memory, costs a transfer per step).")
+    # --- LoRA (Hu et al. 2021) via peft ------------------------------------------------------
+    lora_rank: int = opt(0, "LoRA rank on the UNet attention projections (0 = full fine-tuning); conv_in is always trained fully.")
+    lora_alpha: Optional[float] = opt(None, "LoRA alpha (scale = alpha / rank); null = rank.")
+    lora_target_modules: list = opt(["to_q", "to_k", "to_v", "to_out.0"], "UNet module names that get LoRA adapters.")
     # --- objective (InstructPix2Pix, Brooks et al. 2023, sec. 3.2.1) --------------------------
     drop_text_prob: float = opt(0.05, "Probability of replacing only the instruction with the empty prompt (enables text CFG).")
     drop_image_prob: float = opt(0.05, "Probability of zeroing only the input-image latents (enables image CFG).")
     drop_both_prob: float = opt(0.05, "Probability of dropping instruction and image together.")
     prediction_type: Optional[Literal["epsilon", "v_prediction", "sample"]] = opt(None, "Training target; null uses the base model's scheduler setting.")
+    snr_gamma: Optional[float] = opt(None, "Min-SNR-γ loss weighting (Hang et al. 2023; 5.0 is their choice); null = plain MSE.")
+    noise_offset: float = opt(0.0, "Add this times per-channel N(0,1) to the noise (Guttenberg 2023) so the model learns very dark/bright images; 0 = off.")
     # --- bookkeeping -------------------------------------------------------------------------
     seed: int = opt(42, "Seed for weights init order, data order, noise and dropout (rank-offset per process).")
     log_every: int = opt(10, "Log the loss every N optimizer steps.")
+    checkpoint_every: int = opt(0, "Save a resumable checkpoint every N optimizer steps (0 = never).")
+    keep_last: int = opt(2, "Keep only the newest K checkpoints (0 = keep all).")
+    resume: str = opt("", "Resume from 'latest' (newest checkpoint in output_dir/checkpoints) or a checkpoint folder; empty = start fresh.")
+    validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
+    validation_steps: int = opt(20, "Sampling steps for in-training validation edits.")
+    log_with: Literal["tensorboard", "wandb", "jsonl"] = opt("tensorboard", "Where validation metrics also go besides validation.jsonl: TensorBoard (if installed), Weights & Biases (needs wandb), or nowhere.")
     num_validation_images: int = opt(4, "Validation images per task edited for the report after training.")
 
     def __post_init__(self) -> None:
@@ -65,6 +88,20 @@ class TrainConfig:
         need(self.log_every >= 1, "log_every must be >= 1")
         for key in ("drop_text_prob", "drop_image_prob", "drop_both_prob"):
             need(0 <= getattr(self, key) <= 1, f"{key} must be in [0, 1]")
+        need(self.checkpoint_every >= 0 and self.keep_last >= 0, "checkpoint_every and keep_last must be >= 0")
+        need(self.validation_every >= 0, "validation_every must be >= 0")
+        need(self.lora_rank >= 0, "lora_rank must be >= 0")
+        need(isinstance(self.lora_target_modules, list) and len(self.lora_target_modules) > 0
+             and all(isinstance(m, str) for m in self.lora_target_modules),
+             f"lora_target_modules must be a non-empty list of module names, got {self.lora_target_modules!r}")
+        need(0 <= self.max_bad_fraction <= 1, "max_bad_fraction must be in [0, 1]")
+        need(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 (or null)")
+        need(self.noise_offset >= 0, "noise_offset must be >= 0")
+        if self.task_weights is not None:
+            need(isinstance(self.task_weights, dict) and len(self.task_weights) > 0
+                 and all(isinstance(v, (int, float)) and v >= 0 for v in self.task_weights.values())
+                 and sum(self.task_weights.values()) > 0,
+                 f"task_weights must map task names to non-negative numbers, got {self.task_weights!r}")
         total = self.drop_text_prob + self.drop_image_prob + self.drop_both_prob
         need(total <= 1, f"drop_text_prob + drop_image_prob + drop_both_prob must be <= 1, got {total:g}")
 

@@ -65,6 +65,22 @@ def encode_pair(vae: AutoencoderKL, input_pixels: torch.Tensor, edited_pixels: t
     return image_latents, target * vae.config.scaling_factor
 
 
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weights of Min-SNR-γ (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting", eq. 8).
+
+    SNR(t) = ᾱ_t / (1 − ᾱ_t). The x₀-loss weight is min(SNR, γ); written for the ε target
+    that is min(SNR, γ) / SNR and for the v target min(SNR, γ) / (SNR + 1).
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    return clipped
+
+
 def instruct_pix2pix_loss(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,
@@ -75,15 +91,21 @@ def instruct_pix2pix_loss(
     probs: DropoutProbs,
     generator: torch.Generator,
     prediction_type: str = "epsilon",
+    snr_gamma: float | None = None,
+    noise_offset: float = 0.0,
 ) -> torch.Tensor:
     """Mean-squared error of one InstructPix2Pix training step.
 
     ``latents`` are the scaled target latents, ``image_latents`` the unscaled input-image
     latents, ``null_text_embedding`` the encoding of the empty prompt (computed once by the
-    caller, shape [1, L, D]).
+    caller, shape [1, L, D]). ``noise_offset`` > 0 adds a per-channel constant to the noise
+    (Guttenberg 2023, "Diffusion with offset noise") so very dark or bright images are learnable.
     """
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
+    if noise_offset > 0:
+        offset = torch.randn((bsz, latents.shape[1], 1, 1), generator=generator, device=generator.device)
+        noise = noise + noise_offset * offset.to(latents)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=generator.device)
     timesteps = timesteps.to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -96,4 +118,7 @@ def instruct_pix2pix_loss(
 
     pred = unet(torch.cat([noisy, image], dim=1), timesteps, encoder_hidden_states=text).sample
     target = training_target(scheduler, latents, noise, timesteps, prediction_type)
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(pred.float(), target.float())
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(scheduler, timesteps, snr_gamma, prediction_type)).mean()

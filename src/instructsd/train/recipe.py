@@ -2,14 +2,17 @@
 
 Runs on one CPU, one GPU or many through ``accelerate launch``. Weights are loaded from the
 same checkpoint on every process and conv_in surgery is decided from the checkpoint, so all
-ranks start identical; only data order, noise and dropout are offset by rank.
+ranks start identical; only data order, noise and dropout are offset by rank. The data order
+is a pure function of (seed, epoch) and every random stream is checkpointed, so a resumed run
+continues with exactly the losses the uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
-import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +28,23 @@ from instructsd.errors import InstructSDError
 from instructsd.models.loading import load_components
 from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.models.tiny import save_pipeline
+from instructsd.train import checkpoint
+from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
-from instructsd.train.data import PairDataset, collate, load_split
+from instructsd.train.data import (
+    CachedPairDataset,
+    PairDataset,
+    batch_loader,
+    epoch_order,
+    load_split,
+    rank_batches,
+    task_row_weights,
+)
 from instructsd.train.objective import DropoutProbs, encode_pair, instruct_pix2pix_loss
+
+OOM_HINT = ("out of memory at step {step}; try a smaller train_batch_size (keeping the effective batch with a larger "
+            "gradient_accumulation_steps), gradient_checkpointing=true, lora_rank=8, cache_latents=true, "
+            "mixed_precision=bf16/fp16, use_8bit_adam=true or ema_on_cpu=true")
 
 
 @dataclass
@@ -38,6 +55,12 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     expanded_conv_in: bool = False
     wall_seconds: float = 0.0
+    effective_batch_size: int = 0  # samples per optimizer step over all processes
+    skipped_images: int = 0  # rows that failed to decode and were skipped
+    resumed_from: Path | None = None
+    lora_dir: Path | None = None
+    seconds_per_step: float = 0.0  # steady-state wall time per optimizer step (first step excluded), for benchmarks
+    cpu_seconds_per_step: float = 0.0  # the same in this process's CPU time (robust on a shared machine)
 
 
 class TextEmbeddings:
@@ -45,11 +68,13 @@ class TextEmbeddings:
 
     The reference script re-encodes every prompt (and the empty prompt) at every step
     although the encoder never changes; instruction datasets repeat a few prompts endlessly.
+    With ``cache_latents`` it starts filled from the on-disk cache.
     """
 
-    def __init__(self, tokenizer, text_encoder, device):
+    def __init__(self, tokenizer, text_encoder, device, cache: dict[str, torch.Tensor] | None = None):
         self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
-        self.cache: dict[str, torch.Tensor] = {}
+        self.cache: dict[str, torch.Tensor] = {p: e.to(device) for p, e in (cache or {}).items()}
+        self.encoded = 0  # prompts run through the text encoder by this object
 
     @torch.no_grad()
     def __call__(self, prompts: list[str]) -> torch.Tensor:
@@ -58,35 +83,48 @@ class TextEmbeddings:
             ids = self.tokenizer(
                 missing, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
             ).input_ids.to(self.device)
-            for prompt, emb in zip(missing, self.text_encoder(ids)[0]):
+            for prompt, emb in zip(missing, self.text_encoder.to(self.device)(ids)[0]):
                 self.cache[prompt] = emb
+            self.encoded += len(missing)
         return torch.stack([self.cache[p] for p in prompts])
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Fine-tune ``cfg.base_model`` on ``cfg.dataset``; returns where the pipeline was saved."""
-    if not cfg.base_model:
-        raise InstructSDError("config key 'base_model' is empty; set base_model=<hub id or folder>")
-    if not cfg.dataset:
-        raise InstructSDError("config key 'dataset' is empty; set dataset=<folder from `instructsd data build`>")
-    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise InstructSDError("mixed_precision=fp16 needs a CUDA GPU; on this machine use mixed_precision=no (or bf16)")
+def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -> TrainResult:
+    """Fine-tune ``cfg.base_model`` on ``cfg.dataset``; returns where the pipeline was saved.
+
+    ``stop_at`` ends the run after that optimizer step (saving a checkpoint there) without
+    writing the final model — as a time-limited job does; resume it with ``resume=latest``.
+    """
+    _check(cfg)
     started = time.time()
     out = Path(cfg.output_dir)
 
     # --- setup ------------------------------------------------------------------------------
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision)
-    rank = accelerator.process_index
+    # Launched as several processes on a machine without CUDA, accelerate needs `cpu=True` to pick
+    # its gloo (MULTI_CPU) backend; without it every process would silently train alone.
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+                              cpu=cpu_ddp)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     torch.manual_seed(cfg.seed)
 
-    rows = load_split(cfg.dataset, "train", [cfg.input_column, cfg.edited_column, cfg.prompt_column])
+    columns = [cfg.input_column, cfg.edited_column, cfg.prompt_column]
+    rows = load_split(cfg.dataset, "train", columns)
     if cfg.max_train_samples:
         rows = rows.select(range(min(cfg.max_train_samples, len(rows))))
     if len(rows) == 0:
         raise InstructSDError(f"dataset '{cfg.dataset}' has an empty train split")
+    has_tasks = cfg.task_column in rows.column_names
+    if cfg.task_weights and not has_tasks:
+        raise InstructSDError(f"task_weights needs a '{cfg.task_column}' column in '{cfg.dataset}' (set task_column)")
+    tasks = list(rows[cfg.task_column]) if has_tasks else [None] * len(rows)
+    row_weights = task_row_weights(tasks, cfg.task_weights) if cfg.task_weights else None
 
     parts = load_components(cfg.base_model)
     unet, expanded = ensure_instruct_unet(parts.unet)
@@ -97,122 +135,253 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
 
     # Frozen parts run in the autocast dtype; the trained UNet keeps fp32 master weights.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    vae, text_encoder = parts.vae.requires_grad_(False), parts.text_encoder.requires_grad_(False)
-    vae.to(accelerator.device, dtype=weight_dtype).eval()
-    text_encoder.to(accelerator.device, dtype=weight_dtype).eval()
+    vae, text_encoder = parts.vae.requires_grad_(False).eval(), parts.text_encoder.requires_grad_(False).eval()
+    lora = cfg.lora_rank > 0
+    if lora:
+        from instructsd.models.lora import add_lora
+
+        add_lora(unet, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_target_modules))
+    trainable = [p for p in unet.parameters() if p.requires_grad]
     unet.train()
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, model_cls=type(unet), model_config=unet.config) if cfg.use_ema else None
+    ema = EMAModel(trainable, decay=cfg.ema_decay) if cfg.use_ema else None
 
-    dataset = PairDataset(rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed, input_column=cfg.input_column,
-                          edited_column=cfg.edited_column, prompt_column=cfg.prompt_column)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, shuffle=True, collate_fn=collate, drop_last=len(dataset) >= cfg.train_batch_size,
-        num_workers=cfg.dataloader_num_workers, generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    # accelerate steps the scheduler once per process per optimizer step, hence the factor.
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.max_train_steps * accelerator.num_processes)
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    if ema is not None:
-        ema.to(accelerator.device)
+    if cfg.cache_latents:
+        from instructsd.train.cache import build_or_load
 
-    text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device)
+        cache = build_or_load(cfg, rows, parts, accelerator.device, accelerator.is_main_process, accelerator.wait_for_everyone)
+        dataset = CachedPairDataset(cache.latents, rows[cfg.prompt_column], tasks, flip=cfg.random_flip, seed=cfg.seed)
+        text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device, cache.text)
+    else:
+        vae.to(accelerator.device, dtype=weight_dtype)
+        text_encoder.to(accelerator.device, dtype=weight_dtype)
+        dataset = PairDataset(rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed, input_column=cfg.input_column,
+                              edited_column=cfg.edited_column, prompt_column=cfg.prompt_column,
+                              task_column=cfg.task_column, center_crop=cfg.center_crop)
+        text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device)
     null_text = text([""])  # the empty prompt, encoded once (the reference re-encodes it every step)
+
+    optimizer = _optimizer(cfg, trainable)
+    # accelerate steps the scheduler once per process per optimizer step, hence the factor.
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
+                                 num_training_steps=cfg.max_train_steps * world)
+    if cfg.compile:
+        unet.compile()
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to("cpu" if cfg.ema_on_cpu else accelerator.device)
     noise_gen = torch.Generator(accelerator.device).manual_seed(cfg.seed + 1_000_003 * rank)
     probs = DropoutProbs(cfg.drop_text_prob, cfg.drop_image_prob, cfg.drop_both_prob)
 
+    # --- resume -----------------------------------------------------------------------------
+    log: list[dict] = []
+    step, epoch, position, bad_rows = 0, 0, 0, set()
+    resumed = checkpoint.resolve(cfg.resume, out)
+    if resumed is not None:
+        state = checkpoint.load(resumed, accelerator=accelerator, unet=unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                ema=ema, noise_gen=noise_gen, lora=lora)
+        step, epoch, position, log, bad_rows = state["step"], state["epoch"], state["position"], state["log"], set(state["bad_rows"])
+
+    validation = None
+    if cfg.validation_every:
+        from instructsd.train.validation import MetricLog, fixed_subset
+
+        vae.to(accelerator.device, dtype=weight_dtype)
+        text_encoder.to(accelerator.device, dtype=weight_dtype)
+        val_rows = load_split(cfg.dataset, "validation", columns)
+        validation = (fixed_subset(val_rows, cfg), MetricLog(out, cfg.log_with, to_dict(cfg)) if accelerator.is_main_process else None)
+
     # --- train ------------------------------------------------------------------------------
-    losses: list[tuple[int, float]] = []
-    step, epoch, running, micro = 0, 0, 0.0, 0
-    bar = tqdm(total=cfg.max_train_steps, desc="train", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
-    log_file = (out / "losses.jsonl").open("w") if accelerator.is_main_process else None
-    while step < cfg.max_train_steps:
-        dataset.set_epoch(epoch)
-        for batch in loader:
-            with accelerator.accumulate(unet):
-                image_latents, latents = encode_pair(vae, batch["input_pixels"], batch["edited_pixels"], noise_gen)
-                embeddings = text(batch["prompts"]).to(weight_dtype)
-                loss = instruct_pix2pix_loss(unet, scheduler, latents, image_latents, embeddings, null_text, probs, noise_gen, prediction_type)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += accelerator.gather(loss.detach()[None]).mean().item()
-            micro += 1
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            if ema is not None:
-                ema.step(unet.parameters())
-            mean_loss, running, micro = running / micro, 0.0, 0
-            losses.append((step, mean_loss))
-            if log_file:
-                log_file.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr_scheduler.get_last_lr()[0]}) + "\n")
-            if step % cfg.log_every == 0 or step == cfg.max_train_steps:
-                window = [v for _, v in losses[-cfg.log_every:]]
-                bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+    running, micro = 0.0, 0
+    steady_from, steady_cpu, steady_step = None, 0.0, 0
+    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
+               dynamic_ncols=True)
+    log_file = None
+    if accelerator.is_main_process:
+        log_file = (out / "losses.jsonl").open("w")
+        log_file.writelines(json.dumps(entry) + "\n" for entry in log)
+    last_saved = resumed
+    try:
+        while step < cfg.max_train_steps and (stop_at is None or step < stop_at):
+            dataset.set_epoch(epoch)
+            batches = rank_batches(epoch_order(len(dataset), cfg.seed, epoch, row_weights), cfg.train_batch_size, rank, world)
+            for batch in batch_loader(dataset, batches[position:], cfg.dataloader_num_workers):
+                position += 1
+                bad_rows.update(batch["bad"])
+                if len(bad_rows) > cfg.max_bad_fraction * len(dataset):
+                    raise InstructSDError(
+                        f"{len(bad_rows)} of {len(dataset)} training images failed to decode (rows {sorted(bad_rows)[:5]}…), "
+                        f"more than max_bad_fraction={cfg.max_bad_fraction}; fix or drop them, or raise max_bad_fraction")
+                if not batch["indices"]:
+                    continue
+                with accelerator.accumulate(unet):
+                    if cfg.cache_latents:
+                        from instructsd.train.cache import sample_latents
+
+                        image_latents = batch["input_latents"].to(accelerator.device, weight_dtype)
+                        latents = sample_latents(batch["target_moments"].to(accelerator.device), noise_gen)
+                        latents = (latents * vae.config.scaling_factor).to(weight_dtype)
+                    else:
+                        image_latents, latents = encode_pair(vae, batch["input_pixels"].to(accelerator.device),
+                                                             batch["edited_pixels"].to(accelerator.device), noise_gen)
+                    embeddings = text(batch["prompts"]).to(weight_dtype)
+                    loss = instruct_pix2pix_loss(unet, scheduler, latents, image_latents, embeddings, null_text, probs, noise_gen,
+                                                 prediction_type, snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset)
+                    gathered = accelerator.gather(loss.detach()[None])
+                    if not torch.isfinite(gathered).all():
+                        where = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved yet"
+                        raise InstructSDError(
+                            f"loss became {gathered.tolist()} at step {step + 1} (rank {rank} samples {batch['indices']}); "
+                            f"{where}. Lower learning_rate, set max_grad_norm, or use mixed_precision=bf16 instead of fp16")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                running += gathered.mean().item()
+                micro += 1
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                if steady_from is None:
+                    steady_from, steady_cpu, steady_step = time.perf_counter(), time.process_time(), step
+                if ema is not None:
+                    _ema_step(ema, trainable, cfg.ema_on_cpu)
+                entry = {"step": step, "loss": running / micro, "lr": lr_scheduler.get_last_lr()[0]}
+                running, micro = 0.0, 0
+                log.append(entry)
                 if log_file:
-                    log_file.flush()
-            bar.update(1)
-            if step >= cfg.max_train_steps:
-                break
-        epoch += 1
-    bar.close()
-    if log_file:
-        log_file.close()
+                    log_file.write(json.dumps(entry) + "\n")
+                if step % cfg.log_every == 0 or step == cfg.max_train_steps:
+                    window = [e["loss"] for e in log[-cfg.log_every:]]
+                    bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{entry['lr']:.2e}")
+                    if log_file:
+                        log_file.flush()
+                bar.update(1)
+                if validation and step % cfg.validation_every == 0:
+                    _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg, accelerator)
+                stopping = stop_at is not None and step >= stop_at
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopping:
+                    state = {"epoch": epoch, "position": position, "log": log, "bad_rows": sorted(bad_rows)}
+                    last_saved = checkpoint.save(out, step, accelerator=accelerator, unet=unet, optimizer=optimizer,
+                                                 lr_scheduler=lr_scheduler, ema=ema, noise_gen=noise_gen, state=state,
+                                                 lora=lora, keep_last=cfg.keep_last)
+                if step >= cfg.max_train_steps or stopping:
+                    break
+            else:  # the epoch ran out: the next starts at its beginning
+                epoch, position = epoch + 1, 0
+    except torch.OutOfMemoryError as err:
+        raise InstructSDError(OOM_HINT.format(step=step + 1)) from err
+    except RuntimeError as err:  # MPS and some CPU allocators report OOM as a plain RuntimeError
+        if "out of memory" in str(err).lower():
+            raise InstructSDError(OOM_HINT.format(step=step + 1)) from err
+        raise
+    finally:
+        bar.close()
+        if log_file:
+            log_file.close()
+        if validation and validation[1]:
+            validation[1].close()
+
+    losses = [(e["step"], e["loss"]) for e in log]
+    result = TrainResult(final_dir=out / "final", losses=losses, expanded_conv_in=expanded,
+                         effective_batch_size=cfg.effective_batch_size * world, skipped_images=len(bad_rows),
+                         resumed_from=resumed)
+    if steady_from is not None and step > steady_step:
+        result.seconds_per_step = (time.perf_counter() - steady_from) / (step - steady_step)
+        result.cpu_seconds_per_step = (time.process_time() - steady_cpu) / (step - steady_step)
+    if world > 1:
+        _write_rank_record(out, accelerator, unet, step * cfg.effective_batch_size)
+    if stop_at is not None and step < cfg.max_train_steps:
+        result.wall_seconds = time.time() - started
+        accelerator.end_training()
+        return result
 
     # --- save -------------------------------------------------------------------------------
     accelerator.wait_for_everyone()
-    final_dir = out / "final"
     if accelerator.is_main_process:
-        trained = _cpu_fp32(copy.deepcopy(accelerator.unwrap_model(unet)))
+        trained = copy.deepcopy(accelerator.unwrap_model(unet)).to("cpu", torch.float32)
         if ema is not None:
-            ema.copy_to(trained.parameters())
-        save_pipeline(final_dir, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder), parts.tokenizer, scheduler,
-                      overwrite=True)
-        write_model_card(final_dir, cfg, expanded, losses, time.time() - started)
+            ema.copy_to([p for p in trained.parameters() if p.requires_grad])
+        if lora:
+            from instructsd.models.lora import merge_adapter, save_adapter
+
+            result.lora_dir = save_adapter(trained, out / "lora", rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                                           targets=list(cfg.lora_target_modules), base_model=cfg.base_model,
+                                           expanded_conv_in=expanded)
+            trained = merge_adapter(trained)
+        save_pipeline(result.final_dir, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder), parts.tokenizer,
+                      scheduler, overwrite=True)
+        write_model_card(result.final_dir, cfg, expanded, losses, time.time() - started, out / "validation.jsonl")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainResult(final_dir=final_dir, losses=losses, expanded_conv_in=expanded, wall_seconds=time.time() - started)
+    result.wall_seconds = time.time() - started
+    return result
+
+
+# --- the parts the loop calls ------------------------------------------------------------------
+
+
+def _check(cfg: TrainConfig) -> None:
+    if not cfg.base_model:
+        raise InstructSDError("config key 'base_model' is empty; set base_model=<hub id or folder>")
+    if not cfg.dataset:
+        raise InstructSDError("config key 'dataset' is empty; set dataset=<folder from `instructsd data build`>")
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise InstructSDError("mixed_precision=fp16 needs a CUDA GPU; on this machine use mixed_precision=no (or bf16)")
+
+
+def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW
+    if cfg.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as err:
+            raise InstructSDError("use_8bit_adam=true needs bitsandbytes (CUDA): pip install 'instructsd[bnb]'") from err
+        cls = bnb.optim.AdamW8bit
+    return cls(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+               eps=cfg.adam_epsilon)
+
+
+def _ema_step(ema: EMAModel, trainable: list[torch.nn.Parameter], on_cpu: bool) -> None:
+    if not on_cpu:
+        ema.step(trainable)
+        return
+    # EMAModel copies (rather than averages) tensors that do not require grad, so keep the flag.
+    ema.step([p.detach().to("cpu", non_blocking=True).requires_grad_(True) for p in trainable])
+
+
+def _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg, accelerator) -> None:
+    """Validate on the main process with the EMA weights swapped in when kept."""
+    from instructsd.train.validation import validate
+
+    if accelerator.is_main_process:
+        if ema is not None:
+            ema.store(trainable)
+            ema.copy_to(trainable)
+        try:
+            validate(step, accelerator.unwrap_model(unet), parts, scheduler, validation[0], out, validation[1], cfg)
+        finally:
+            if ema is not None:
+                ema.restore(trainable)
+    accelerator.wait_for_everyone()
+
+
+def _write_rank_record(out: Path, accelerator, unet, samples: int) -> None:
+    """Each rank's weight digest and sample count: a check that data-parallel ranks stayed in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(accelerator.unwrap_model(unet).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    (out / "ranks").mkdir(parents=True, exist_ok=True)
+    record = {"rank": accelerator.process_index, "unet_sha256": digest.hexdigest(), "samples": samples}
+    (out / "ranks" / f"rank-{accelerator.process_index}.json").write_text(json.dumps(record))
+    accelerator.wait_for_everyone()
 
 
 def _cpu_fp32(module: torch.nn.Module) -> torch.nn.Module:
     """Saved weights are fp32 on CPU whatever precision trained them."""
     module = module.to("cpu")
     return module if next(module.parameters()).dtype == torch.float32 else module.to(torch.float32)
-
-
-def write_model_card(folder: Path, cfg: TrainConfig, expanded: bool, losses: list[tuple[int, float]], seconds: float) -> None:
-    """A README.md beside the weights: where they came from and how they were trained."""
-    tail = [v for _, v in losses[-max(1, len(losses) // 10):]]
-    start = "4-channel Stable Diffusion, conv_in expanded to 8 channels (weight and bias kept, new channels zero)" if expanded \
-        else "8-channel InstructPix2Pix checkpoint, fine-tuned as is"
-    config = "\n".join(f"{k}: {json.dumps(v)}" for k, v in to_dict(cfg).items())
-    text = f"""---
-library_name: diffusers
-pipeline_tag: image-to-image
-tags: [instructsd, instruct-pix2pix]
----
-# InstructPix2Pix model trained with instructsd
-
-- base model: `{cfg.base_model}` ({start})
-- dataset: `{cfg.dataset}`
-- optimizer steps: {len(losses)}, effective batch {cfg.effective_batch_size} per process
-- final training loss (mean of the last 10% of steps): {sum(tail) / max(1, len(tail)):.4f}
-- wall time: {seconds / 60:.1f} min
-
-Edit with `instructsd edit --model {folder} --image in.png --instruction "..." --out out.png`,
-or load it in diffusers with `StableDiffusionInstructPix2PixPipeline.from_pretrained`.
-
-## Config
-```yaml
-{config}
-```
-"""
-    (folder / "README.md").write_text(text)

@@ -1,0 +1,66 @@
+"""`instructsd compare`: several models, the identity and ground-truth baselines, one report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from instructsd.cli.common import split_csv
+
+# `--models A B C`: click options take one value each, so the values after the first arrive
+# as extra arguments; the command reads them from the context (see compare_cmd).
+CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": False}
+
+
+def compare_cmd(
+    ctx: typer.Context,
+    models: list[str] = typer.Option(..., help="Models to compare: hub ids or local folders, optionally label=path. "
+                                               "Give several after one --models."),
+    dataset: Path = typer.Option(..., help="Dataset folder from `instructsd data build`."),
+    split: str = typer.Option("validation", help="Split to compare on."),
+    teacher: Optional[str] = typer.Option(None, help="A reference model scored like the others, labelled 'teacher' "
+                                                     "(the dataset's ground truth is always shown and scored)."),
+    out: Path = typer.Option(Path("runs/compare"), help="Run folder: images/, metrics.csv, metrics.json, report.html."),
+    per_task: Optional[int] = typer.Option(None, help="Compare at most N rows per task (spread over the split)."),
+    steps: int = typer.Option(20, help="Sampling steps."),
+    image_guidance: float = typer.Option(1.5, help="Image guidance scale."),
+    guidance: float = typer.Option(7.0, help="Text guidance scale."),
+    seed: int = typer.Option(0, help="Base seed (row i uses seed + i for every model)."),
+    sweep: str = typer.Option("1.0,1.5,2.0", help="Image-guidance scales for the CLIP trade-off curve ('' to skip)."),
+    instructions: str = typer.Option("", help="Extra instruction sets for the generalisation table: seen,held_out,canonical."),
+    clip: str = typer.Option("openai/clip-vit-large-patch14", help="CLIP model (hub id or folder) or 'none'."),
+    dino: str = typer.Option("facebook/dino-vits16", help="DINO ViT model (hub id or folder) or 'none'."),
+    lpips: str = typer.Option("alex", help="LPIPS backbone (needs the lpips package) or 'none'."),
+    device: Optional[str] = typer.Option(None, help="cuda, mps or cpu."),
+    batch_size: int = typer.Option(8, help="Images per pipeline call (results do not depend on it)."),
+) -> None:
+    """Edit the same images with every model and score them all beside identity and ground truth."""
+    from instructsd.edit.editor import EditSettings, default_device
+    from instructsd.errors import InstructSDError
+    from instructsd.eval.compare import model_labels, run_compare
+    from instructsd.eval.features import MetricSuite
+
+    extra = [a for a in ctx.args]
+    flags = [a for a in extra if a.startswith("-")]
+    if flags:
+        raise InstructSDError(f"unknown option {flags[0]}; see `instructsd compare --help`")
+    try:
+        scales = [float(s) for s in split_csv(sweep)]
+    except ValueError:
+        raise InstructSDError(f"--sweep takes comma-separated numbers, got '{sweep}'") from None
+    labelled = model_labels([*models, *extra])
+    dev = device or default_device()
+    suite = MetricSuite.load(clip, dino, lpips, device=dev)
+    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
+    result = run_compare(labelled, dataset, out, split=split, teacher=teacher, settings=settings, per_task=per_task,
+                         seed=seed, suite=suite, sweep=scales, instruction_sets=split_csv(instructions), device=dev,
+                         batch_size=batch_size, title=f"Comparison on {dataset} ({split})")
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    keys = [k for k in ("psnr", "ssim", "clip_dir", "clip_i", "dino") if any(k in r for r in result.summary)]
+    typer.echo(f"{'task':<12} {'method':<16} {'n':>4} " + " ".join(f"{k:>9}" for k in keys))
+    for row in result.summary:
+        typer.echo(f"{row['task']:<12} {row['method']:<16} {row['n']:>4} " + " ".join(f"{row[k]:>9.3f}" for k in keys))
+    typer.echo(f"report: {result.report}")

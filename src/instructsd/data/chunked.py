@@ -1,0 +1,347 @@
+"""Write a mixture to disk in chunks: parallel, resumable, shardable, never all in memory.
+
+A build has two stages:
+
+1. **Chunks.** The plan's items are cut into chunks of ``chunk_size``; each chunk is made
+   (by one of ``num_proc`` worker processes) and written atomically into a *parts folder*
+   as ``chunks/<index>/{train,validation}`` (Arrow, ``save_to_disk``) plus the chunk's
+   ``skipped.jsonl``. A chunk that exists is complete, so rerunning a killed build skips
+   the chunks already there and ends with exactly the rows of an uninterrupted build.
+   With ``shard=(I, N)`` only chunks ``c`` with ``c mod N == I`` are made.
+2. **Join.** The chunks of one or more parts folders (all shards of the same plan) are
+   concatenated, in chunk order, into a ``datasets.DatasetDict`` saved atomically, with a
+   dataset card (``README.md``), ``samples.png``, ``skipped.jsonl`` and ``mixture.yaml``.
+
+A single-machine build keeps its parts in ``<out>.parts`` next to ``<out>`` and removes
+them once joined. Every row depends only on the seed and its item index (see
+:mod:`instructsd.data.mixture`), so the result is the same for any ``num_proc``, any
+chunk order and any sharding.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import multiprocessing
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from instructsd.data.build import SPLITS, _datasets_progress, samples_grid, save_atomically
+from instructsd.data.mixture import Mixture, Plan, load_mixture, make_plan, make_rows
+from instructsd.errors import InstructSDError
+
+PLAN_FILE = "plan.json"
+_GRID_EXAMPLES = 4
+
+
+def features(mixture: Mixture) -> datasets.Features:
+    cols = mixture.columns
+    return datasets.Features({
+        cols["input_image"]: datasets.Image(),
+        cols["edit_prompt"]: datasets.Value("string"),
+        cols["edited_image"]: datasets.Image(),
+        "task": datasets.Value("string"),
+        "source": datasets.Value("string"),
+    })
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> ``(2, 8)``; I counts from 0."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InstructSDError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InstructSDError(f"--shard {text}: need N >= 1 and 0 <= I < N")
+    return i, n
+
+
+# --- stage 1: chunks -----------------------------------------------------------------------
+
+
+def build_mixture(
+    mixture: Mixture | str | Path,
+    out_dir: str | Path,
+    *,
+    num_proc: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    overwrite: bool = False,
+    progress: bool = True,
+) -> datasets.DatasetDict | None:
+    """Build the dataset a mixture describes into ``out_dir``.
+
+    Args:
+        mixture: a :class:`Mixture` or the path of its YAML file.
+        out_dir: the dataset folder; with ``shard=(I, N)``, N > 1, the folder for this
+            shard's parts, to be combined by :func:`join_parts`.
+        num_proc: worker processes; the output does not depend on it.
+        shard: ``(I, N)``: make only every N-th chunk, starting at I.
+        overwrite: replace an existing ``out_dir`` (and discard stale parts).
+        progress: show a progress bar.
+
+    Returns:
+        The saved dataset, or ``None`` for a shard (its parts folder is the result).
+
+    Raises:
+        InstructSDError: bad mixture, missing folders, unknown layouts, unmatched pairs,
+            an existing ``out_dir`` -- all before any image is processed.
+    """
+    if not isinstance(mixture, Mixture):
+        mixture = load_mixture(mixture)
+    if num_proc < 1:
+        raise InstructSDError(f"num_proc must be at least 1, got {num_proc}")
+    out_dir = Path(out_dir).absolute()
+    sharded = shard[1] > 1
+    if not sharded and out_dir.exists() and not overwrite:
+        raise InstructSDError(f"output folder '{out_dir}' exists; pass --overwrite or choose another folder")
+    plan = make_plan(mixture)
+    parts = out_dir if sharded else out_dir.with_name(out_dir.name + ".parts")
+    _open_parts(parts, plan, shard, overwrite=overwrite)
+    todo = [c for c in range(plan.n_chunks) if c % shard[1] == shard[0]
+            and not (parts / "chunks" / _chunk_name(c)).is_dir()]
+    bar = tqdm(total=len(todo), desc="building chunks", unit="chunk", disable=not progress)
+    try:
+        if num_proc == 1 or len(todo) <= 1:
+            with _datasets_progress(False):
+                for c in todo:
+                    write_chunk(plan, c, parts)
+                    bar.update()
+        else:
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                              else "spawn")
+            with cf.ProcessPoolExecutor(num_proc, mp_context=ctx, initializer=_init_worker) as pool:
+                for future in cf.as_completed([pool.submit(write_chunk, plan, c, parts) for c in todo]):
+                    future.result()
+                    bar.update()
+    finally:
+        bar.close()
+    if sharded:
+        return None
+    dataset = join_parts([parts], out_dir, overwrite=overwrite, progress=progress)
+    shutil.rmtree(parts, ignore_errors=True)
+    return dataset
+
+
+def _init_worker() -> None:
+    """Worker processes: no nested progress bars. (OpenCV's thread count is left alone:
+    changing it in a forked child can deadlock on the pool inherited from the parent.)"""
+    datasets.disable_progress_bars()
+
+
+def _chunk_name(c: int) -> str:
+    return f"{c:06d}"
+
+
+def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: bool) -> None:
+    """Create ``parts`` or check that it belongs to this plan (then its chunks are reused)."""
+    meta = {"fingerprint": plan.fingerprint(), "n_chunks": plan.n_chunks, "n_items": plan.n_items,
+            "shard": list(shard), "mixture": json.loads(json.dumps(dict(plan.mixture.raw), default=str))}
+    plan_file = parts / PLAN_FILE
+    if parts.exists():
+        if not plan_file.is_file():
+            if any(parts.iterdir()):
+                raise InstructSDError(f"'{parts}' exists and is not an instructsd parts folder; "
+                                      "choose another output folder")
+        else:
+            old = json.loads(plan_file.read_text())
+            if old["fingerprint"] != meta["fingerprint"]:
+                if not overwrite:
+                    raise InstructSDError(
+                        f"'{parts}' holds chunks of a different mixture or different source files; "
+                        "delete it, or pass --overwrite to start over"
+                    )
+                shutil.rmtree(parts)
+    (parts / "chunks").mkdir(parents=True, exist_ok=True)
+    for stale in (parts / "chunks").glob(".*.tmp-*"):  # a chunk a killed build was writing
+        shutil.rmtree(stale, ignore_errors=True)
+    _write_text(plan_file, json.dumps(meta, indent=1))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_chunk(plan: Plan, c: int, parts: Path) -> None:
+    """Make chunk ``c`` and write it atomically under ``parts/chunks``."""
+    cs = plan.mixture.chunk_size
+    rows, skipped = make_rows(plan, range(c * cs, min((c + 1) * cs, plan.n_items)))
+    feats = features(plan.mixture)
+    final = parts / "chunks" / _chunk_name(c)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        for split in SPLITS:
+            data = [row for s, row in rows if s == split]
+            if data:  # an empty split is no folder: datasets cannot reload a 0-row save
+                datasets.Dataset.from_list(data, features=feats).save_to_disk(str(tmp / split))
+        (tmp / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --- stage 2: join -------------------------------------------------------------------------
+
+
+def join_parts(
+    parts_dirs: Sequence[str | Path], out_dir: str | Path, *, overwrite: bool = False,
+    progress: bool = True,
+) -> datasets.DatasetDict:
+    """Concatenate the chunks of ``parts_dirs`` (shards of one plan) into a dataset at ``out_dir``.
+
+    Raises:
+        InstructSDError: a folder is not a parts folder, the parts come from different
+            mixtures, or some chunks are missing (their shards are named).
+    """
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not overwrite:
+        raise InstructSDError(f"output folder '{out_dir}' exists; pass --overwrite or choose another folder")
+    if not parts_dirs:
+        raise InstructSDError("give at least one parts folder to join")
+    metas, chunks = [], {}
+    for d in map(Path, parts_dirs):
+        if not (d / PLAN_FILE).is_file():
+            raise InstructSDError(f"'{d}' is not a parts folder (no {PLAN_FILE}); give the folders "
+                                  "written by `instructsd data build --shard I/N`")
+        metas.append(json.loads((d / PLAN_FILE).read_text()))
+        for chunk in (d / "chunks").iterdir():
+            if chunk.is_dir() and not chunk.name.startswith("."):
+                chunks.setdefault(int(chunk.name), chunk)
+    if len({m["fingerprint"] for m in metas}) > 1:
+        raise InstructSDError("the parts folders come from different mixtures or sources; "
+                              "join only the shards of one build")
+    meta = metas[0]
+    missing = sorted(set(range(meta["n_chunks"])) - set(chunks))
+    if missing:
+        n = meta["shard"][1]
+        shards = sorted({c % n for c in missing})
+        raise InstructSDError(
+            f"{len(missing)} of {meta['n_chunks']} chunks are missing (e.g. {missing[:5]}); "
+            f"(re)run the build for shard(s) {', '.join(f'{s}/{n}' for s in shards)} and join again"
+        )
+    order = [chunks[c] for c in range(meta["n_chunks"])]
+    feats = features(Mixture(components=(), columns=_columns(meta["mixture"])))
+    with _datasets_progress(progress):
+        dataset = datasets.DatasetDict()
+        for split in SPLITS:
+            pieces = [datasets.load_from_disk(str(p / split)) for p in order if (p / split).is_dir()]
+            dataset[split] = (datasets.concatenate_datasets(pieces) if pieces else
+                              datasets.Dataset.from_dict({k: [] for k in feats}, features=feats))
+    skipped = "".join((p / "skipped.jsonl").read_text() for p in order)
+    mixture_raw = meta["mixture"]
+
+    def write(folder: Path) -> None:
+        with _datasets_progress(progress):
+            # an empty split needs an explicit shard or it cannot be loaded back
+            dataset.save_to_disk(str(folder), num_shards={s: 1 for s, d in dataset.items() if len(d) == 0})
+        (folder / "skipped.jsonl").write_text(skipped)
+        (folder / "mixture.yaml").write_text(yaml.safe_dump(mixture_raw, sort_keys=False))
+        grid = sample_rows(dataset, mixture_raw)
+        samples_grid(grid).save(folder / "samples.png")
+        (folder / "README.md").write_text(card(dataset, mixture_raw, skipped), encoding="utf-8")
+
+    save_atomically(write, out_dir, overwrite=overwrite)
+    return datasets.load_from_disk(str(out_dir))
+
+
+def _columns(mixture_raw: dict) -> dict[str, str]:
+    from instructsd.data.mixture import DEFAULT_COLUMNS
+
+    return {**DEFAULT_COLUMNS, **(mixture_raw.get("columns") or {})}
+
+
+def sample_rows(dataset: datasets.DatasetDict, mixture_raw: dict) -> dict[str, list]:
+    """Up to four (input, edited) arrays per task, from train (validation if train lacks it)."""
+    cols = _columns(mixture_raw)
+    grid: dict[str, list] = {}
+    for split in SPLITS:
+        tasks = dataset[split]["task"]
+        for i, task in enumerate(tasks):
+            if len(grid.setdefault(task, [])) < _GRID_EXAMPLES:
+                row = dataset[split][i]
+                grid[task].append((np.asarray(row[cols["input_image"]].convert("RGB")),
+                                   np.asarray(row[cols["edited_image"]].convert("RGB"))))
+    return grid
+
+
+def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
+    """README.md: how it was made, counts per split and task, skips, parameters, examples."""
+    cols = _columns(mixture_raw)
+    counts = {split: Counter(dataset[split]["task"]) for split in SPLITS}
+    tasks = sorted(set().union(*counts.values()))
+    skip_rows = [json.loads(line) for line in skipped.splitlines() if line.strip()]
+    reasons = Counter(r["reason"].split(";")[0][:100] for r in skip_rows)
+    lines = [
+        "# instructsd instruction-editing dataset",
+        "",
+        f"Built by `instructsd data build --mixture` (seed {mixture_raw.get('seed', 0)}, "
+        f"{mixture_raw.get('size', 256)} px, instruction policy "
+        f"`{mixture_raw.get('instructions', 'sampled')}`). Load with `datasets.load_from_disk(path)`.",
+        "",
+        "Columns: " + ", ".join(f"`{c}`" for c in (*cols.values(), "task", "source"))
+        + (". `deferred` rows have an empty instruction: the trainer samples a paraphrase of "
+           "the row's `task` each time it uses the row." if mixture_raw.get("instructions") == "deferred" else "."),
+        "",
+        "| task | " + " | ".join(SPLITS) + " |",
+        "|---|" + "---|" * len(SPLITS),
+    ]
+    lines += [f"| {t} | " + " | ".join(str(counts[s][t]) for s in SPLITS) + " |" for t in tasks]
+    lines += [f"| **all** | " + " | ".join(str(len(dataset[s])) for s in SPLITS) + " |", ""]
+    lines += ["## Components (the mixture, as given)", "", "```yaml",
+              yaml.safe_dump(mixture_raw.get("components", []), sort_keys=False).rstrip(), "```", ""]
+    from instructsd.data.degradations import DEGRADATIONS
+
+    used = sorted({(d if isinstance(d, str) else d.get("name"))
+                   for c in mixture_raw.get("components", []) for d in c.get("degradations", [])})
+    if used:
+        lines += ["## Degradation parameter ranges (defaults; overrides are in the components)", ""]
+        from instructsd.data.degradations import GROUPS
+
+        for name in used:
+            for member in GROUPS.get(name, (name,)):
+                ranges = ", ".join(f"{k} ∈ [{lo:g}, {hi:g}]" for k, (lo, hi) in DEGRADATIONS[member].ranges.items())
+                lines.append(f"- `{member}`: {ranges}")
+        lines.append("")
+    lines += [f"## Skipped source images: {len(skip_rows)} (details in `skipped.jsonl`)", ""]
+    lines += [f"- {n} × {reason}" for reason, n in reasons.most_common(10)]
+    lines += ["", "## Examples (input | edited)", "", "![samples](samples.png)", ""]
+    return "\n".join(lines)
+
+
+# --- export --------------------------------------------------------------------------------
+
+
+def export_parquet(dataset_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write each split of a saved dataset as ``<out>/<split>.parquet`` (images as PNG bytes)."""
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split, ds in dataset.items():
+        path = out_dir / f"{split}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        ds.to_parquet(str(tmp))
+        tmp.replace(path)
+        paths.append(path)
+    return paths
+
+
+def push_to_hub(dataset_dir: str | Path, repo_id: str, *, private: bool = True) -> None:
+    """Upload a saved dataset with ``DatasetDict.push_to_hub`` (needs a hub token and network)."""
+    dataset = datasets.load_from_disk(str(dataset_dir))
+    try:
+        dataset.push_to_hub(repo_id, private=private)
+    except Exception as err:  # noqa: BLE001 -- auth, network, permission
+        raise InstructSDError(f"push to '{repo_id}' failed ({type(err).__name__}: {err}); "
+                              "log in with `hf auth login` and check the repo id") from err

@@ -1,0 +1,168 @@
+"""Editing many images: every (image, instruction, seed) into an output folder; sweeps as grids.
+
+One bad file never stops a batch: its error goes to ``failures.jsonl`` in the output folder
+and the batch moves on. Every output PNG carries how it was made (text chunks + sidecar JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image, ImageDraw
+
+from instructsd.edit.editor import EditSettings, edit_images
+from instructsd.edit.inputs import DEFAULT_MAX_PIXELS, read_image
+from instructsd.edit.io import save_png
+from instructsd.errors import InstructSDError
+
+# CLI names for the settings a sweep may vary (as in the InstructPix2Pix paper's figure 4 grid).
+SWEEP_KEYS = {
+    "image_guidance": "image_guidance_scale",
+    "guidance": "guidance_scale",
+    "steps": "num_inference_steps",
+}
+
+
+@dataclass
+class BatchResult:
+    """What a batch wrote: output files, and (input, error) for every input that failed."""
+
+    outputs: list[Path] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def output_stems(sources: Sequence[Path], root: Path | None) -> dict[Path, str]:
+    """Output stem per source: the file stem, or its path under ``root`` joined by '__';
+    a stem already taken (``a/x.png`` and ``b/x.png`` from two globs) gets ``-2``, ``-3``..."""
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    for source in sources:
+        rel = source.relative_to(root) if root is not None and source.is_relative_to(root) else Path(source.name)
+        stem = re.sub(r"[^\w.-]+", "_", "__".join(rel.with_suffix("").parts))
+        unique, n = stem, 1
+        while unique in taken:
+            n += 1
+            unique = f"{stem}-{n}"
+        taken.add(unique)
+        stems[source] = unique
+    return stems
+
+
+def _record_failure(out_dir: Path, source: str, error: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "failures.jsonl", "a") as f:  # appended line by line: survives a crash
+        f.write(json.dumps({"image": source, "error": error}) + "\n")
+
+
+def edit_batch(
+    pipe,
+    sources: Sequence[Path],
+    instructions: Sequence[str],
+    seeds: Sequence[int],
+    out_dir: str | Path,
+    settings: EditSettings = EditSettings(),
+    batch_size: int = 1,
+    model_name: str = "",
+    root: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+) -> BatchResult:
+    """Edit each source by each instruction with each seed; write PNGs into ``out_dir``.
+
+    Outputs are named ``<stem>_i<instruction index>_s<seed>.png``.
+    Jobs of one image share batches of ``batch_size``. An unreadable image (or one that fails
+    while editing) is recorded in ``out_dir/failures.jsonl`` and skipped.
+    """
+    if not instructions:
+        raise InstructSDError("give at least one --instruction")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / "failures.jsonl"
+    if stale.exists():
+        stale.unlink()
+    result = BatchResult()
+    jobs = [(k, text, seed) for k, text in enumerate(instructions) for seed in seeds]
+    stems = output_stems(sources, root)
+    for source in sources:
+        try:
+            image = read_image(source, max_pixels=max_pixels)
+            edited = edit_images(pipe, [image] * len(jobs), [j[1] for j in jobs], settings,
+                                 seeds=[j[2] for j in jobs], batch_size=batch_size, progress=progress)
+        except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            _record_failure(out_dir, str(source), message)
+            result.failures.append((str(source), message))
+            if progress is not None:
+                progress(len(jobs))
+            continue
+        for (k, text, seed), out in zip(jobs, edited):
+            meta = {"model": model_name, "image": str(source), "instruction": text, "seed": seed,
+                    **dataclasses.asdict(settings)}
+            result.outputs.append(save_png(out, out_dir / f"{stems[source]}_i{k}_s{seed}.png", meta))
+    return result
+
+
+# --- sweeps --------------------------------------------------------------------------------
+
+
+def parse_sweep(text: str) -> tuple[str, list[float]]:
+    """'image_guidance=1.0,1.5,2.0' → ('image_guidance_scale', [1.0, 1.5, 2.0])."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or key not in SWEEP_KEYS:
+        raise InstructSDError(f"bad --sweep '{text}'; use KEY=v1,v2,... with KEY one of {', '.join(SWEEP_KEYS)}")
+    try:
+        parsed = [float(v) for v in values.split(",") if v.strip()]
+    except ValueError as err:
+        raise InstructSDError(f"bad --sweep '{text}': values must be numbers") from err
+    if not parsed:
+        raise InstructSDError(f"bad --sweep '{text}': no values")
+    field_name = SWEEP_KEYS[key]
+    if field_name == "num_inference_steps":
+        parsed = [int(v) for v in parsed]
+    return field_name, parsed
+
+
+def sweep_grid(
+    pipe,
+    image: Image.Image,
+    instruction: str,
+    sweeps: Sequence[tuple[str, list[float]]],
+    settings: EditSettings = EditSettings(),
+    seed: int = 0,
+) -> tuple[Image.Image, list[tuple[dict, Image.Image]]]:
+    """Edit ``image`` at every combination of one or two swept settings; return a labelled grid.
+
+    Rows follow the first sweep, columns the second (a single sweep gives one row), all with
+    the same seed, so the grid shows the setting's effect alone.
+    """
+    if not 1 <= len(sweeps) <= 2:
+        raise InstructSDError("give one or two --sweep options")
+    rows = sweeps[0] if len(sweeps) == 2 else (None, [None])
+    cols = sweeps[-1]
+    cells: list[tuple[dict, Image.Image]] = []
+    for r in rows[1]:
+        for c in cols[1]:
+            changes = {cols[0]: c} if r is None else {rows[0]: r, cols[0]: c}
+            cell_settings = dataclasses.replace(settings, **changes)
+            (out,) = edit_images(pipe, [image], [instruction], cell_settings, seeds=[seed])
+            cells.append((changes, out))
+    w, h = cells[0][1].size
+    label_h = 14
+    grid = Image.new("RGB", (w * len(cols[1]), (h + label_h) * len(rows[1])), "white")
+    draw = ImageDraw.Draw(grid)
+    for n, (changes, out) in enumerate(cells):
+        x, y = (n % len(cols[1])) * w, (n // len(cols[1])) * (h + label_h)
+        grid.paste(out, (x, y + label_h))
+        label = " ".join(f"{_short(k)}={v:g}" for k, v in changes.items())
+        draw.text((x + 2, y + 1), label, fill="black")
+    return grid, cells
+
+
+def _short(field_name: str) -> str:
+    return {v: k for k, v in SWEEP_KEYS.items()}[field_name]

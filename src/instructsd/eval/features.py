@@ -1,0 +1,324 @@
+"""Metrics computed with pretrained networks: CLIP, DINO and LPIPS, and the suite that runs them all.
+
+Each network is loaded from a local folder or a hub id with transformers' stock classes. When
+one cannot be loaded (no network, not cached, package missing) its metrics are *skipped*: the
+suite records a one-line note saying which metric, why, and what to pass instead, and every
+report prints those notes. A metric is never silently left out.
+
+Definitions (docs/evaluation.md has them in full):
+
+- clip_image  cos(E_I(output), E_I(input)) -- InstructPix2Pix's "CLIP image similarity"
+              (Brooks et al. 2023, sec. 4.2): how much of the input survives the edit.
+- clip_dir    cos(E_I(output) - E_I(input), E_T(output caption) - E_T(input caption)) --
+              the "CLIP text-image direction similarity" (Gal et al. 2022, StyleGAN-NADA; used
+              by InstructPix2Pix and diffusers' evaluation guide): does the image change the way
+              the caption changes. An identity edit has no direction; it scores 0.
+- clip_t      cos(E_I(output), E_T(output caption)) -- MagicBrush's CLIP-T.
+- clip_i      cos(E_I(output), E_I(ground truth)) -- MagicBrush's CLIP-I.
+- dino        cos(DINO CLS(output), DINO CLS(ground truth)) -- MagicBrush's DINO score.
+- lpips       LPIPS distance to the ground truth (Zhang et al. 2018), lower is better.
+
+E_I / E_T are CLIP's projected image / text embeddings (`get_image_features` /
+`get_text_features`), each L2-normalised before the cosine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from instructsd.eval.metrics import PIXEL_METRICS, to_array
+
+# Defaults follow the papers: InstructPix2Pix scores with CLIP ViT-L/14; MagicBrush's DINO
+# score uses DINO ViT-S/16. Pass a local folder (or "none") to use another or to skip.
+DEFAULT_CLIP = "openai/clip-vit-large-patch14"
+DEFAULT_DINO = "facebook/dino-vits16"
+DEFAULT_LPIPS = "alex"
+
+CLIP_METRICS = ("clip_image", "clip_dir", "clip_t", "clip_i")
+# Metrics measured against the ground truth, on which the ground truth itself is trivially perfect.
+VS_GROUND_TRUTH = frozenset({*PIXEL_METRICS, "lpips", "clip_i", "dino"})
+DINO_METRICS = ("dino",)
+LPIPS_METRICS = ("lpips",)
+
+# Captions for the direction and CLIP-T metrics when a dataset has no caption columns: the
+# same before/after pair for every example of a task, describing what the edit should change.
+# Restoration tasks are (before, after) adjectives of "a ... photo"; a compound task such as
+# "deblur+denoise" joins its parts' adjectives ("a blurry, out-of-focus and noisy, grainy photo").
+TASK_ADJECTIVES: dict[str, tuple[str, str]] = {
+    "denoise": ("noisy, grainy", "clean, noise-free"),
+    "lowlight": ("dark, underexposed", "bright, well-lit"),
+    "deblur": ("blurry, out-of-focus", "sharp, in-focus"),
+    "derain": ("rain-streaked", "rain-free"),
+    "dehaze": ("hazy, washed-out", "clear, haze-free"),
+    "jpeg": ("blocky, JPEG-compressed", "artifact-free"),
+}
+TASK_CAPTIONS: dict[str, tuple[str, str]] = {
+    **{task: (f"a {before} photo", f"a {after} photo") for task, (before, after) in TASK_ADJECTIVES.items()},
+    "cartoonize": ("a photo", "a cartoon with bold outlines and flat colours"),
+}
+
+
+def disabled(name: str | None) -> bool:
+    """True for an option that turns a network metric off: None, "", "none", "off" or "skip"."""
+    return name is None or str(name).strip().lower() in ("", "none", "off", "skip")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+@torch.no_grad()
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+# ----------------------------------------------------------------------------
+# CLIP
+
+
+@dataclass
+class ClipEmbedder:
+    """CLIP image and text embeddings (projected, L2-normalised) from one checkpoint."""
+
+    model: object
+    processor: object
+    tokenizer: object
+    source: str
+    device: str = "cpu"
+
+    @classmethod
+    def load(cls, name: str | Path, device: str = "cpu") -> ClipEmbedder:
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        model = CLIPModel.from_pretrained(str(name)).to(device).eval()
+        return cls(model, CLIPImageProcessor.from_pretrained(str(name)), AutoTokenizer.from_pretrained(str(name)),
+                   str(name), device)
+
+    @torch.no_grad()
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        out = self.model.get_image_features(pixel_values=pixels.to(self.device))
+        return _normalise(getattr(out, "pooler_output", out)).cpu()
+
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str]) -> torch.Tensor:
+        max_len = self.model.config.text_config.max_position_embeddings
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        out = self.model.get_text_features(input_ids=tokens["input_ids"].to(self.device),
+                                           attention_mask=tokens["attention_mask"].to(self.device))
+        return _normalise(getattr(out, "pooler_output", out)).cpu()
+
+
+# ----------------------------------------------------------------------------
+# DINO (v1 ViT or DINOv2: the CLS token of the last, layer-normed hidden state)
+
+
+@dataclass
+class DinoEmbedder:
+    model: object
+    processor: object
+    source: str
+    device: str = "cpu"
+
+    @classmethod
+    def load(cls, name: str | Path, device: str = "cpu") -> DinoEmbedder:
+        from transformers import AutoImageProcessor, AutoModel
+
+        model = AutoModel.from_pretrained(str(name)).to(device).eval()
+        return cls(model, AutoImageProcessor.from_pretrained(str(name)), str(name), device)
+
+    @torch.no_grad()
+    def images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        hidden = self.model(pixel_values=pixels.to(self.device)).last_hidden_state
+        return _normalise(hidden[:, 0]).cpu()
+
+
+# ----------------------------------------------------------------------------
+# LPIPS: only through the `lpips` package (it needs torchvision and downloads its backbone).
+
+
+@dataclass
+class LpipsScorer:
+    model: object
+    source: str
+    device: str = "cpu"
+
+    @classmethod
+    def load(cls, net: str = DEFAULT_LPIPS, device: str = "cpu") -> LpipsScorer:
+        try:
+            import lpips  # noqa: PLC0415 -- optional: needs torchvision, which instructsd does not require
+        except ImportError as err:
+            raise ImportError("the `lpips` package is not installed (pip install lpips; it needs torchvision)") from err
+        return cls(lpips.LPIPS(net=net, verbose=False).to(device).eval(), f"lpips net={net}", device)
+
+    @torch.no_grad()
+    def distance(self, pred: Image.Image, target: Image.Image) -> float:
+        def tensor(im: Image.Image) -> torch.Tensor:
+            x = torch.from_numpy(to_array(im)).permute(2, 0, 1)[None].float() / 127.5 - 1.0  # LPIPS wants [-1, 1]
+            return x.to(self.device)
+
+        return float(self.model(tensor(pred), tensor(target)).item())
+
+
+# ----------------------------------------------------------------------------
+# The suite
+
+
+@dataclass
+class Example:
+    """What one scored edit needs: the input, the ground truth, and captions for CLIP text metrics."""
+
+    source: Image.Image
+    target: Image.Image
+    input_caption: str | None = None
+    output_caption: str | None = None
+
+
+@dataclass
+class MetricSuite:
+    """Every available metric, computed per (output, example); `notes` says what was skipped and why."""
+
+    clip: ClipEmbedder | None = None
+    dino: DinoEmbedder | None = None
+    lpips: LpipsScorer | None = None
+    notes: list[str] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, clip: str | Path | None = DEFAULT_CLIP, dino: str | Path | None = DEFAULT_DINO,
+             lpips: str | None = DEFAULT_LPIPS, device: str = "cpu") -> MetricSuite:
+        """Load each network; one that fails to load is skipped with a note, never silently."""
+        suite = cls()
+        for attr, name, loader, metrics, flag in (
+            ("clip", clip, ClipEmbedder.load, CLIP_METRICS, "--clip"),
+            ("dino", dino, DinoEmbedder.load, DINO_METRICS, "--dino"),
+            ("lpips", lpips, LpipsScorer.load, LPIPS_METRICS, "--lpips"),
+        ):
+            if disabled(name):
+                suite.notes.append(f"{', '.join(metrics)} skipped: no model given ({flag} none).")
+                continue
+            try:
+                setattr(suite, attr, loader(name, device=device))
+            except Exception as err:  # any loading failure: offline, missing files, missing package
+                suite.notes.append(f"{', '.join(metrics)} skipped: could not load '{name}' ({_first_line(err)}); "
+                                   f"pass {flag} with a local folder{' or hub id' if attr != 'lpips' else ' after installing lpips'}.")
+        return suite
+
+    @property
+    def names(self) -> list[str]:
+        """Metric keys this suite produces, in report order."""
+        out = list(PIXEL_METRICS)
+        if self.lpips is not None:
+            out += LPIPS_METRICS
+        if self.clip is not None:
+            out += CLIP_METRICS
+        if self.dino is not None:
+            out += DINO_METRICS
+        return out
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Which checkpoint each network came from (for the report's provenance)."""
+        return {k: v.source for k, v in (("clip", self.clip), ("dino", self.dino), ("lpips", self.lpips)) if v is not None}
+
+    def _cached(self, key, compute):
+        if key is None:
+            return compute()
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def score(self, output: Image.Image, example: Example, key: object = None) -> dict[str, float]:
+        """All metrics of ``output`` for ``example``; ``key`` caches the example's own embeddings.
+
+        Missing captions are an error when CLIP is loaded: the text metrics need both.
+        """
+        scores = {name: fn(output, example.target) for name, fn in PIXEL_METRICS.items()}
+        if self.lpips is not None:
+            scores["lpips"] = self.lpips.distance(output, example.target)
+        if self.clip is not None:
+            if example.input_caption is None or example.output_caption is None:
+                raise ValueError("CLIP direction and CLIP-T need an input and an output caption for every example")
+            # One image per forward pass, always: batched and single passes differ in the last bits,
+            # which would give an unchanged image a spurious direction.
+            src, tgt = self._cached(None if key is None else ("clip-img", key),
+                                    lambda: (self.clip.images([example.source])[0], self.clip.images([example.target])[0]))
+            t_in, t_out = self._cached(("clip-txt", example.input_caption, example.output_caption),
+                                       lambda: self.clip.texts([example.input_caption, example.output_caption]))
+            out = self.clip.images([output])[0]
+            scores["clip_image"] = float(out @ src)
+            d_img, d_txt = out - src, t_out - t_in
+            # An unchanged image has no direction: it scores 0 rather than NaN.
+            scores["clip_dir"] = (0.0 if float(d_img.norm()) < 1e-6
+                                  else float(torch.nn.functional.cosine_similarity(d_img, d_txt, dim=0)))
+            scores["clip_t"] = float(out @ t_out)
+            scores["clip_i"] = float(out @ tgt)
+        if self.dino is not None:
+            tgt = self._cached(None if key is None else ("dino", key), lambda: self.dino.images([example.target])[0])
+            scores["dino"] = float(self.dino.images([output])[0] @ tgt)
+        return scores
+
+
+def captions_for(task: str, row: dict | None = None) -> tuple[str | None, str | None]:
+    """(input caption, output caption): the dataset's own columns if it has them, else the task's pair."""
+    row = row or {}
+    if row.get("input_caption") and row.get("output_caption"):
+        return str(row["input_caption"]), str(row["output_caption"])
+    if task in TASK_CAPTIONS:
+        return TASK_CAPTIONS[task]
+    parts = task.split("+")
+    if len(parts) > 1 and all(p in TASK_ADJECTIVES for p in parts):
+        return (f"a {' and '.join(TASK_ADJECTIVES[p][0] for p in parts)} photo",
+                f"a {' and '.join(TASK_ADJECTIVES[p][1] for p in parts)} photo")
+    return None, None
+
+
+# ----------------------------------------------------------------------------
+# Tiny random-weight networks, built in code (tests, CPU benchmarks): real classes, tiny sizes.
+
+
+def save_tiny_clip(out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random CLIP (model, image processor, BPE tokenizer) that `ClipEmbedder.load` reads."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from instructsd.models.tokenizer import train_tokenizer
+
+    out = Path(out)
+    tokenizer = train_tokenizer([c for pair in TASK_CAPTIONS.values() for c in pair], out, vocab_size=600)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+def save_tiny_dino(out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random DINO-style ViT (model and image processor) that `DinoEmbedder.load` reads."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    ViTModel(ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2), add_pooling_layer=False).save_pretrained(out)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+def mean_scores(rows: Sequence[dict], keys: Sequence[str]) -> dict[str, float]:
+    """Plain means of ``keys`` over ``rows`` (used for sweep points)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in keys if rows and all(k in r for r in rows)}

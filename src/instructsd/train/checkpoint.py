@@ -1,0 +1,131 @@
+"""Resumable checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint is ``output_dir/checkpoints/step-NNNNNNN/`` with the trained weights (the whole
+UNet, or only the trainable tensors for LoRA), the EMA, optimizer and LR-scheduler states,
+``state.json`` (step, epoch, data position, the losses so far) and one ``rng-rank{r}.pt``
+per process (torch, CUDA, numpy, python and the run's noise generator). The data order is a
+pure function of (seed, epoch), so the data position is just two integers. Written into a
+temp folder and renamed, so a crash mid-save never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from instructsd.errors import InstructSDError
+
+PATTERN = re.compile(r"^step-(\d+)$")
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    folder = Path(out) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and PATTERN.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
+
+
+def resolve(resume: str, out: Path) -> Path | None:
+    """``resume`` = '' (fresh), 'latest' (newest in the run, or fresh if none) or a folder."""
+    if not resume:
+        return None
+    if resume == "latest":
+        found = checkpoints(out)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "state.json").is_file():
+        raise InstructSDError(f"resume='{resume}' is not a checkpoint folder (no state.json); use resume=latest or a "
+                              f"{Path(out) / 'checkpoints' / 'step-N'} folder")
+    return path
+
+
+def rng_state(noise_gen: torch.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "noise": noise_gen.get_state(),
+    }
+
+
+def set_rng_state(state: dict, noise_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    noise_gen.set_state(state["noise"])
+
+
+def trained_tensors(unet: torch.nn.Module, lora: bool) -> dict[str, torch.Tensor]:
+    """All UNet weights for full fine-tuning; only the trainable ones (adapters, conv_in) for LoRA."""
+    if lora:
+        tensors = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    else:
+        tensors = unet.state_dict()
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def save(out: Path, step: int, *, accelerator, unet, optimizer, lr_scheduler, ema, noise_gen, state: dict, lora: bool,
+         keep_last: int) -> Path:
+    """Write checkpoint ``step`` from every process (collective: all ranks must call it)."""
+    root = Path(out) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f".step-{step:07d}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(noise_gen), tmp / f"rng-rank{accelerator.process_index}.pt")
+    if accelerator.is_main_process:
+        save_file(trained_tensors(accelerator.unwrap_model(unet), lora), str(tmp / "unet.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+        if ema is not None:
+            torch.save(ema.state_dict(), tmp / "ema.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "num_processes": accelerator.num_processes}))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep_last:
+            for old in checkpoints(out)[:-keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(folder: Path, *, accelerator, unet, optimizer, lr_scheduler, ema, noise_gen, lora: bool) -> dict:
+    """Restore a checkpoint into the freshly built parts; returns its ``state.json``."""
+    state = json.loads((folder / "state.json").read_text())
+    if state["num_processes"] != accelerator.num_processes:
+        raise InstructSDError(
+            f"checkpoint '{folder}' was written by {state['num_processes']} process(es), this run has "
+            f"{accelerator.num_processes}; resume with the same number of processes (data order and RNG are per rank)"
+        )
+    model = accelerator.unwrap_model(unet)
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "unet.safetensors")), strict=False)
+    if unexpected or (missing and not lora):
+        raise InstructSDError(f"checkpoint '{folder}' does not fit this model (lora_rank or base_model changed?)")
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=False))
+    if ema is not None:
+        if not (folder / "ema.pt").is_file():
+            raise InstructSDError(f"checkpoint '{folder}' has no EMA; resume with use_ema=false or start fresh")
+        ema.load_state_dict(torch.load(folder / "ema.pt", weights_only=False))
+    rng_file = folder / f"rng-rank{accelerator.process_index}.pt"
+    set_rng_state(torch.load(rng_file, weights_only=False), noise_gen)
+    return state

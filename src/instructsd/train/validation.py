@@ -1,0 +1,121 @@
+"""In-training validation: edit a fixed validation subset through the project's one edit function.
+
+Every ``validation_every`` steps the current UNet (EMA weights when kept) is wrapped with the
+frozen parts in the stock pipeline and :func:`instructsd.edit.editor.edit_images` edits the
+same images with the same seeds, so the numbers are comparable across steps and with
+``instructsd eval``. PSNR/SSIM go to ``validation.jsonl`` and TensorBoard; an input | edit |
+target grid to ``validation/step-N.png``. Sampling uses its own seeded generators, so
+validating never changes the training run's random streams.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from instructsd.edit.editor import EditSettings, edit_images, pipeline_from_parts
+from instructsd.errors import InstructSDError
+from instructsd.eval.metrics import psnr, ssim
+from instructsd.eval.report import save_grid
+
+
+@dataclass
+class ValidationSet:
+    inputs: list
+    targets: list
+    prompts: list[str]
+    tasks: list[str]
+
+
+def fixed_subset(rows: Dataset, cfg) -> ValidationSet:
+    """The first ``num_validation_images`` rows of each task (rows with no instruction get the task's canonical one)."""
+    tasks = rows[cfg.task_column] if cfg.task_column in rows.column_names else ["all"] * len(rows)
+    picked, per_task = [], {}
+    for i, task in enumerate(tasks):
+        if per_task.get(task, 0) < cfg.num_validation_images:
+            per_task[task] = per_task.get(task, 0) + 1
+            picked.append(i)
+    sub = rows.select(picked)
+    prompts = list(sub[cfg.prompt_column])
+    picked_tasks = [tasks[i] for i in picked]
+    for k, prompt in enumerate(prompts):
+        if not prompt:
+            from instructsd.data.instructions import canonical_instruction
+
+            prompts[k] = canonical_instruction(picked_tasks[k])
+    return ValidationSet(list(sub[cfg.input_column]), list(sub[cfg.edited_column]), prompts, picked_tasks)
+
+
+class MetricLog:
+    """validation.jsonl always; TensorBoard too when asked for and installed (one note otherwise), or W&B."""
+
+    def __init__(self, out: Path, log_with: str, config: dict | None = None):
+        self.path = out / "validation.jsonl"
+        self.writer = self.wandb = None
+        if log_with == "wandb":
+            try:
+                import wandb
+            except ImportError as err:
+                raise InstructSDError("log_with=wandb needs the wandb package: pip install wandb (or use log_with=tensorboard)") from err
+            self.wandb = wandb
+            wandb.init(project="instructsd", dir=str(out), name=out.name, config=config or {})
+        if log_with == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                print("note: tensorboard is not installed; validation metrics go to validation.jsonl only "
+                      "(pip install tensorboard to get TensorBoard logs)")
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def image(self, step: int, path: Path) -> None:
+        if self.writer is not None:
+            from PIL import Image
+
+            self.writer.add_image("validation/grid", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.log({"validation/grid": self.wandb.Image(str(path))}, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, log: MetricLog, cfg) -> dict[str, float]:
+    """Edit the subset, score it against the targets, log the scores and a grid."""
+    was_training = unet.training
+    unet.eval()
+    pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
+    settings = EditSettings(num_inference_steps=cfg.validation_steps)
+    edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))))
+    unet.train(was_training)
+    size = lambda im: (im.size[0] // 8 * 8, im.size[1] // 8 * 8)  # noqa: E731 (edit_images rounds to multiples of 8)
+    targets = [t.convert("RGB").resize(size(t)) if t.size != size(t) else t.convert("RGB") for t in data.targets]
+    values: dict[str, float] = {}
+    for task in sorted(set(data.tasks)):
+        idx = [i for i, t in enumerate(data.tasks) if t == task]
+        values[f"val/{task}/psnr"] = float(np.mean([psnr(edits[i], targets[i]) for i in idx]))
+        values[f"val/{task}/ssim"] = float(np.mean([ssim(edits[i], targets[i]) for i in idx]))
+    values["val/psnr"] = float(np.mean([psnr(e, t) for e, t in zip(edits, targets)]))
+    values["val/ssim"] = float(np.mean([ssim(e, t) for e, t in zip(edits, targets)]))
+    grid = save_grid(out / "validation" / f"step-{step}.png",
+                     [[i.convert("RGB"), e, t] for i, e, t in zip(data.inputs, edits, targets)], ["input", "edit", "target"])
+    log.scalars(step, values)
+    log.image(step, grid)
+    return values
