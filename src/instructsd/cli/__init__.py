@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from instructsd.cli import config, data, edit, evaluate, model, quickstart, train
+from instructsd.cli import compare, config, data, demo, edit, evaluate, experiment, model, quickstart, train
 from instructsd.errors import InstructSDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Instruction-tune Stable Diffusion to follow image edits.")
@@ -21,14 +21,11 @@ app.add_typer(model.app, name="model")
 app.add_typer(config.app, name="config")
 app.command("train")(train.train_cmd)
 app.command("edit")(edit.edit_cmd)
-from instructsd.cli import demo  # noqa: E402  (issue 5: web demo)
 app.command("demo")(demo.demo_cmd)
 app.command("eval")(evaluate.eval_cmd)
-app.command("quickstart")(quickstart.quickstart_cmd)
-from instructsd.cli import compare  # noqa: E402  (issue 6: evaluation and comparison)
 app.command("compare", context_settings=compare.CONTEXT)(compare.compare_cmd)
-from instructsd.cli import experiment  # noqa: E402  (issue 6: the post's experiments as recipes)
 app.command("experiment")(experiment.experiment_cmd)
+app.command("quickstart")(quickstart.quickstart_cmd)
 
 
 def _click_errors() -> tuple[tuple, tuple, tuple]:

@@ -4,8 +4,12 @@ A checkpoint is ``output_dir/checkpoints/step-NNNNNNN/`` with the trained weight
 UNet, or only the trainable tensors for LoRA), the EMA, optimizer and LR-scheduler states,
 ``state.json`` (step, epoch, data position, the losses so far) and one ``rng-rank{r}.pt``
 per process (torch, CUDA, numpy, python and the run's noise generator). The data order is a
-pure function of (seed, epoch), so the data position is just two integers. Written into a
-temp folder and renamed, so a crash mid-save never leaves a half checkpoint behind.
+pure function of (seed, epoch), so the data position is just two integers — for a streamed
+dataset too, whose per-epoch stream is a pure function of (seed, epoch, rank): resuming re-reads
+the epoch and drops ``position × train_batch_size`` rows. ``state.json`` also records what that
+position depends on (streaming, batch size, seed, shuffle buffer), and a resume that changed it is
+refused rather than silently continuing elsewhere. Written into a temp folder and renamed, so a
+crash mid-save never leaves a half checkpoint behind.
 """
 
 from __future__ import annotations
@@ -66,6 +70,28 @@ def set_rng_state(state: dict, noise_gen: torch.Generator) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     noise_gen.set_state(state["noise"])
+
+
+def data_position(cfg, epoch: int, position: int) -> dict:
+    """Where the data stream stands, and the config keys that decide what that position means."""
+    layout = {"streaming": cfg.streaming, "train_batch_size": cfg.train_batch_size, "seed": cfg.seed}
+    if cfg.streaming:
+        layout.update(shuffle_buffer=cfg.shuffle_buffer, max_train_samples=cfg.max_train_samples)
+    return {"epoch": epoch, "position": position, "rows_read": position * cfg.train_batch_size, "data_layout": layout}
+
+
+def check_data_position(state: dict, cfg, folder: Path) -> None:
+    """Refuse to resume where a changed key would put the same position on other rows."""
+    saved = state.get("data_layout")
+    if saved is None:  # written before the layout was recorded
+        return
+    now = data_position(cfg, 0, 0)["data_layout"]
+    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    if changed:
+        raise InstructSDError(
+            f"checkpoint '{folder}' was written with other data settings ({'; '.join(changed)}); its data position "
+            f"(epoch {state['epoch']}, batch {state['position']}) would point at other rows. Resume with the same "
+            f"settings, or start fresh (resume='')")
 
 
 def trained_tensors(unet: torch.nn.Module, lora: bool) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from instructsd.errors import InstructSDError
 class TrainConfig:
     # --- what to train, on what, where to write -------------------------------------------
     base_model: str = opt("", "Hub id or local diffusers folder to start from: 8-channel InstructPix2Pix (fine-tuned as is) or 4-channel Stable Diffusion (conv_in expanded).")
-    dataset: str = opt("", "Dataset folder written by `instructsd data build` (train/validation splits).")
+    dataset: str = opt("", "Dataset folder written by `instructsd data build` (train/validation splits); with streaming, parquet shards.")
     output_dir: str = opt("runs/train", "Run folder: resolved config, logs, checkpoints and the final pipeline under final/.")
     input_column: str = opt("input_image", "Dataset column holding the image to edit.")
     edited_column: str = opt("edited_image", "Dataset column holding the edited (target) image.")
@@ -26,6 +26,8 @@ class TrainConfig:
     center_crop: bool = opt(False, "Crop the centre instead of a random window (forced on with cache_latents, which caches one crop).")
     task_column: str = opt("task", "Dataset column naming each row's task (for deferred instructions and task_weights).")
     task_weights: Optional[dict] = opt(None, "Task mixture {task: weight}: rows drawn with replacement so each task gets that share (null = every row once per epoch).")
+    streaming: bool = opt(False, "Stream `dataset` as parquet shards (a folder, a glob or a hub id) row by row: for data larger than memory or disk.")
+    shuffle_buffer: int = opt(1000, "With streaming: rows in the seeded shuffle buffer, reseeded each epoch (0 = file order).")
     max_bad_fraction: float = opt(0.01, "Images failing to decode are skipped and counted; abort once more than this fraction of the training rows failed.")
     # --- caching -------------------------------------------------------------------------------
     cache_latents: bool = opt(False, "Encode VAE latents (both flips) and text embeddings once into a dataset on disk; no encoder runs during training.")
@@ -95,6 +97,13 @@ class TrainConfig:
              and all(isinstance(m, str) for m in self.lora_target_modules),
              f"lora_target_modules must be a non-empty list of module names, got {self.lora_target_modules!r}")
         need(0 <= self.max_bad_fraction <= 1, "max_bad_fraction must be in [0, 1]")
+        need(self.shuffle_buffer >= 0, "shuffle_buffer must be >= 0")
+        need(not (self.streaming and self.cache_latents),
+             "streaming=true and cache_latents=true do not combine: the cache writes every training row's latents to disk, "
+             "which streaming exists to avoid; stream without the cache, or cache a dataset that fits on disk")
+        need(not (self.streaming and self.task_weights),
+             "task_weights needs every task's row count, which a stream does not have; with streaming=true mix the tasks "
+             "when building the shards (a mixture file for `instructsd data build`), or use streaming=false")
         need(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 (or null)")
         need(self.noise_offset >= 0, "noise_offset must be >= 0")
         if self.task_weights is not None:

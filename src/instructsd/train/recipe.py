@@ -115,16 +115,22 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     torch.manual_seed(cfg.seed)
 
     columns = [cfg.input_column, cfg.edited_column, cfg.prompt_column]
-    rows = load_split(cfg.dataset, "train", columns)
-    if cfg.max_train_samples:
-        rows = rows.select(range(min(cfg.max_train_samples, len(rows))))
-    if len(rows) == 0:
-        raise InstructSDError(f"dataset '{cfg.dataset}' has an empty train split")
-    has_tasks = cfg.task_column in rows.column_names
-    if cfg.task_weights and not has_tasks:
-        raise InstructSDError(f"task_weights needs a '{cfg.task_column}' column in '{cfg.dataset}' (set task_column)")
-    tasks = list(rows[cfg.task_column]) if has_tasks else [None] * len(rows)
-    row_weights = task_row_weights(tasks, cfg.task_weights) if cfg.task_weights else None
+    if cfg.streaming:  # parquet shards read as needed; no row count per task, no cache (config checks)
+        from instructsd.train.streaming import open_stream
+
+        stream, stream_rows = open_stream(cfg, "train")
+        row_weights = None
+    else:
+        rows = load_split(cfg.dataset, "train", columns)
+        if cfg.max_train_samples:
+            rows = rows.select(range(min(cfg.max_train_samples, len(rows))))
+        if len(rows) == 0:
+            raise InstructSDError(f"dataset '{cfg.dataset}' has an empty train split")
+        has_tasks = cfg.task_column in rows.column_names
+        if cfg.task_weights and not has_tasks:
+            raise InstructSDError(f"task_weights needs a '{cfg.task_column}' column in '{cfg.dataset}' (set task_column)")
+        tasks = list(rows[cfg.task_column]) if has_tasks else [None] * len(rows)
+        row_weights = task_row_weights(tasks, cfg.task_weights) if cfg.task_weights else None
 
     parts = load_components(cfg.base_model)
     unet, expanded = ensure_instruct_unet(parts.unet)
@@ -156,9 +162,19 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     else:
         vae.to(accelerator.device, dtype=weight_dtype)
         text_encoder.to(accelerator.device, dtype=weight_dtype)
-        dataset = PairDataset(rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed, input_column=cfg.input_column,
-                              edited_column=cfg.edited_column, prompt_column=cfg.prompt_column,
-                              task_column=cfg.task_column, center_crop=cfg.center_crop)
+        if cfg.streaming:
+            from instructsd.train.streaming import StreamingPairs
+
+            dataset = StreamingPairs(stream, stream_rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed,
+                                     shuffle_buffer=cfg.shuffle_buffer, input_column=cfg.input_column,
+                                     edited_column=cfg.edited_column, prompt_column=cfg.prompt_column,
+                                     task_column=cfg.task_column, center_crop=cfg.center_crop,
+                                     batch_size=cfg.train_batch_size, rank=rank, world=world,
+                                     num_workers=cfg.dataloader_num_workers, max_samples=cfg.max_train_samples)
+        else:
+            dataset = PairDataset(rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed, input_column=cfg.input_column,
+                                  edited_column=cfg.edited_column, prompt_column=cfg.prompt_column,
+                                  task_column=cfg.task_column, center_crop=cfg.center_crop)
         text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device)
     null_text = text([""])  # the empty prompt, encoded once (the reference re-encodes it every step)
 
@@ -181,6 +197,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     if resumed is not None:
         state = checkpoint.load(resumed, accelerator=accelerator, unet=unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                 ema=ema, noise_gen=noise_gen, lora=lora)
+        checkpoint.check_data_position(state, cfg, resumed)
         step, epoch, position, log, bad_rows = state["step"], state["epoch"], state["position"], state["log"], set(state["bad_rows"])
 
     validation = None
@@ -189,7 +206,12 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
         vae.to(accelerator.device, dtype=weight_dtype)
         text_encoder.to(accelerator.device, dtype=weight_dtype)
-        val_rows = load_split(cfg.dataset, "validation", columns)
+        if cfg.streaming:
+            from instructsd.train.streaming import validation_rows
+
+            val_rows = validation_rows(cfg)
+        else:
+            val_rows = load_split(cfg.dataset, "validation", columns)
         validation = (fixed_subset(val_rows, cfg), MetricLog(out, cfg.log_with, to_dict(cfg)) if accelerator.is_main_process else None)
 
     # --- train ------------------------------------------------------------------------------
@@ -204,9 +226,13 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     last_saved = resumed
     try:
         while step < cfg.max_train_steps and (stop_at is None or step < stop_at):
-            dataset.set_epoch(epoch)
-            batches = rank_batches(epoch_order(len(dataset), cfg.seed, epoch, row_weights), cfg.train_batch_size, rank, world)
-            for batch in batch_loader(dataset, batches[position:], cfg.dataloader_num_workers):
+            if cfg.streaming:  # the epoch's stream, its first `position` batches read but not decoded
+                loader = dataset.batches(epoch, position, _all_ranks(accelerator) if world > 1 else None)
+            else:
+                dataset.set_epoch(epoch)
+                batches = rank_batches(epoch_order(len(dataset), cfg.seed, epoch, row_weights), cfg.train_batch_size, rank, world)
+                loader = batch_loader(dataset, batches[position:], cfg.dataloader_num_workers)
+            for batch in loader:
                 position += 1
                 bad_rows.update(batch["bad"])
                 if len(bad_rows) > cfg.max_bad_fraction * len(dataset):
@@ -264,7 +290,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
                     _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg, accelerator)
                 stopping = stop_at is not None and step >= stop_at
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopping:
-                    state = {"epoch": epoch, "position": position, "log": log, "bad_rows": sorted(bad_rows)}
+                    state = {**checkpoint.data_position(cfg, epoch, position), "log": log, "bad_rows": sorted(bad_rows)}
                     last_saved = checkpoint.save(out, step, accelerator=accelerator, unet=unet, optimizer=optimizer,
                                                  lr_scheduler=lr_scheduler, ema=ema, noise_gen=noise_gen, state=state,
                                                  lora=lora, keep_last=cfg.keep_last)
@@ -331,6 +357,14 @@ def _check(cfg: TrainConfig) -> None:
         raise InstructSDError("config key 'dataset' is empty; set dataset=<folder from `instructsd data build`>")
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InstructSDError("mixed_precision=fp16 needs a CUDA GPU; on this machine use mixed_precision=no (or bf16)")
+
+
+def _all_ranks(accelerator):
+    """``agree(ok)``: true only where every process says ok (streams can end at different rows)."""
+    def agree(ok: bool) -> bool:
+        return bool(accelerator.gather(torch.tensor([int(ok)], device=accelerator.device)).min())
+
+    return agree
 
 
 def _optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
