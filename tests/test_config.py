@@ -57,3 +57,9 @@ def test_bad_values_fail_with_the_key_named(override, message):
 def test_missing_config_file_lists_presets():
     with pytest.raises(InstructSDError, match="tiny-cpu"):
         load_config(TrainConfig, "no-such-preset")
+
+
+def test_saved_config_with_mappings_and_lists_reloads_identically(tmp_path):
+    cfg = load_config(TrainConfig, "tiny-cpu", ["task_weights={denoise: 1.0, lowlight: 2.5}", "max_train_samples=7"])
+    assert cfg.task_weights == {"denoise": 1.0, "lowlight": 2.5}
+    assert load_config(TrainConfig, save_config(cfg, tmp_path / "config.yaml")) == cfg

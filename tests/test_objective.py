@@ -51,9 +51,9 @@ def parts(tiny_model):
     return load_components(tiny_model)
 
 
-def test_image_latents_are_the_unscaled_mode_and_targets_are_scaled_samples(parts):
-    vae: AutoencoderKL = parts.vae
-    vae.config.scaling_factor  # noqa: B018 (exists)
+def test_image_latents_are_the_unscaled_mode_and_targets_are_scaled_samples(tiny_model):
+    # A fresh VAE: the scaling factor is changed here and must not leak into other tests.
+    vae: AutoencoderKL = load_components(tiny_model).vae
     vae.register_to_config(scaling_factor=0.5)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     y = torch.rand(2, 3, 32, 32) * 2 - 1

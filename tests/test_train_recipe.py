@@ -142,15 +142,17 @@ def _with_broken_rows(dataset: Path, out: Path, broken: int) -> Path:
     return out
 
 
-def test_images_that_fail_to_decode_are_skipped_until_too_many(tiny_model, dataset, tmp_path):
+@pytest.mark.parametrize("cached", [False, True])
+def test_images_that_fail_to_decode_are_skipped_until_too_many(tiny_model, dataset, tmp_path, cached):
     broken = _with_broken_rows(dataset, tmp_path / "broken", 1)
+    extra = [f"cache_latents={str(cached).lower()}", "center_crop=true"] if cached else []
     # One batch holds the whole split, so the broken row is met in the first step.
-    result = train(_cfg(tiny_model, broken, tmp_path / "ok", "max_train_steps=1", "train_batch_size=9", "max_bad_fraction=0.2"),
-                   progress=False)
+    result = train(_cfg(tiny_model, broken, tmp_path / "ok", "max_train_steps=1", "train_batch_size=9", "max_bad_fraction=0.2",
+                        *extra), progress=False)
     assert result.skipped_images == 1 and len(result.losses) == 1
     with pytest.raises(InstructSDError, match=r"1 of 9 training images failed to decode .*max_bad_fraction=0.0"):
-        train(_cfg(tiny_model, broken, tmp_path / "strict", "max_train_steps=1", "train_batch_size=9", "max_bad_fraction=0"),
-              progress=False)
+        train(_cfg(tiny_model, broken, tmp_path / "strict", "max_train_steps=1", "train_batch_size=9", "max_bad_fraction=0",
+                   *extra), progress=False)
 
 
 @pytest.mark.parametrize("override, message", [

@@ -152,7 +152,8 @@ def save_config(cfg: Any, path: str | Path) -> Path:
     docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cfg)}
     for key, value in to_dict(cfg).items():
         lines.append(f"# {docs[key]}")
-        lines.append(yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip().strip("{}"))
+        # One-key flow mapping "{key: value}": drop only its own braces (value may be a mapping).
+        lines.append(yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1])
     text = "\n".join(lines) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as fh:

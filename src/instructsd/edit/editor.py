@@ -8,6 +8,7 @@ Brooks et al. 2023, eq. 3); this module only chooses the scheduler, sizes and se
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -176,6 +177,25 @@ def edit_images(
     seeds = list(range(len(images))) if seeds is None else list(seeds)
     if len(seeds) != len(images):
         raise InstructSDError(f"got {len(images)} images but {len(seeds)} seeds")
+    # A scheduler carries per-call state (timesteps, step index), so two threads sharing one
+    # pipeline (the demo with --concurrency > 1) must take turns with it.
+    with _pipeline_lock(pipe):
+        return _edit_locked(pipe, images, instructions, settings, seeds, batch_size, progress)
+
+
+_LOCKS_GUARD = threading.Lock()
+
+
+def _pipeline_lock(pipe) -> threading.Lock:
+    with _LOCKS_GUARD:
+        lock = pipe.__dict__.get("_instructsd_lock")
+        if lock is None:
+            lock = threading.Lock()
+            pipe.__dict__["_instructsd_lock"] = lock
+        return lock
+
+
+def _edit_locked(pipe, images, instructions, settings, seeds, batch_size, progress) -> list[Image.Image]:
     scheduler_cls = SCHEDULERS[settings.scheduler]
     if not isinstance(pipe.scheduler, scheduler_cls):
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)

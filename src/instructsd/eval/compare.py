@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from instructsd.edit.editor import EditSettings, edit_images, fit_size, load_editor
 from instructsd.errors import InstructSDError
-from instructsd.eval.evaluate import select_per_task
+from instructsd.eval.evaluate import instruction_for, select_per_task
 from instructsd.eval.features import Example, MetricSuite, captions_for, mean_scores
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
@@ -176,7 +176,7 @@ def run_compare(
         source = fit_size(raw["input_image"].convert("RGB"))
         target = raw["edited_image"].convert("RGB").resize(source.size, Image.LANCZOS)
         cin, cout = captions_for(task, raw)
-        rows.append(_Row(i, task, raw["edit_prompt"], Example(source, target, cin, cout), seed + i))
+        rows.append(_Row(i, task, instruction_for(raw["edit_prompt"], task), Example(source, target, cin, cout), seed + i))
     if suite.clip is not None and any(r.example.input_caption is None for r in rows):
         missing = sorted({r.task for r in rows if r.example.input_caption is None})
         raise InstructSDError(f"no captions for task(s) {', '.join(missing)}: add input_caption/output_caption columns "

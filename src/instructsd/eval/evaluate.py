@@ -24,6 +24,16 @@ class EvalResult:
     examples: dict[str, list[dict]] = field(default_factory=dict)
 
 
+def instruction_for(prompt: str | None, task: str) -> str:
+    """The row's instruction; rows built with deferred instructions store "" and get the task's
+    canonical one, as in-training validation does."""
+    if prompt:
+        return prompt
+    from instructsd.data.instructions import canonical_instruction
+
+    return canonical_instruction(task)
+
+
 def select_per_task(rows: Dataset, per_task: int | None, task_column: str = "task") -> list[int]:
     """Up to ``per_task`` rows of each task, spread evenly over the split (all rows when None).
 
@@ -70,17 +80,18 @@ def evaluate(
     for i in tqdm(indices, desc="evaluate", disable=not progress, dynamic_ncols=True):
         row = rows[i]
         task = row.get("task", "all")
+        instruction = instruction_for(row[prompt_column], task)
         source = fit_size(row[input_column].convert("RGB"))
         target = row[edited_column].convert("RGB").resize(source.size, Image.LANCZOS)
-        (output,) = edit_images(pipe, [source], [row[prompt_column]], settings, seeds=[seed + i])
+        (output,) = edit_images(pipe, [source], [instruction], settings, seeds=[seed + i])
         for method, image in (("model", output), ("identity", source)):
             if suite is None:
                 scores = {name: fn(image, target) for name, fn in METRICS.items()}
             else:
                 scores = suite.score(image, Example(source, target, *captions_for(task, row)), key=i)
-            result.rows.append({"index": i, "task": task, "method": method, "instruction": row[prompt_column], **scores})
+            result.rows.append({"index": i, "task": task, "method": method, "instruction": instruction, **scores})
         shown = result.examples.setdefault(task, [])
         if len(shown) < examples_per_task:
-            shown.append({"instruction": row[prompt_column],
+            shown.append({"instruction": instruction,
                           "images": [("input", source), ("model", output), ("ground truth", target)]})
     return result

@@ -207,6 +207,8 @@ class CachedPairDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT])
         side = int(draw_flip(rng, self.flip))
         row = self.latents[int(index)]
+        if "ok" in row and not bool(row["ok"]):  # failed to decode when the cache was built
+            return {"bad": True, "index": int(index), "error": "image failed to decode when the cache was built"}
         prompt = self.instruction(self.prompts[index], self.tasks[index], self.epoch, int(index))
         return {"input_latents": row[f"input_mode_{side}"], "target_moments": row[f"target_moments_{side}"],
                 "prompt": prompt, "index": int(index)}

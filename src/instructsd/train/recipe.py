@@ -73,7 +73,8 @@ class TextEmbeddings:
 
     def __init__(self, tokenizer, text_encoder, device, cache: dict[str, torch.Tensor] | None = None):
         self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
-        self.cache: dict[str, torch.Tensor] = {p: e.to(device) for p, e in (cache or {}).items()}
+        # Kept on the CPU: a dataset with a distinct instruction per row would not fit on a GPU.
+        self.cache: dict[str, torch.Tensor] = dict(cache or {})
         self.encoded = 0  # prompts run through the text encoder by this object
 
     @torch.no_grad()
@@ -84,9 +85,9 @@ class TextEmbeddings:
                 missing, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
             ).input_ids.to(self.device)
             for prompt, emb in zip(missing, self.text_encoder.to(self.device)(ids)[0]):
-                self.cache[prompt] = emb
+                self.cache[prompt] = emb.cpu()
             self.encoded += len(missing)
-        return torch.stack([self.cache[p] for p in prompts])
+        return torch.stack([self.cache[p] for p in prompts]).to(self.device)
 
 
 def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -> TrainResult:
@@ -384,7 +385,7 @@ def _ema_step(ema: EMAModel, trainable: list[torch.nn.Parameter], on_cpu: bool) 
         ema.step(trainable)
         return
     # EMAModel copies (rather than averages) tensors that do not require grad, so keep the flag.
-    ema.step([p.detach().to("cpu", non_blocking=True).requires_grad_(True) for p in trainable])
+    ema.step([p.detach().to("cpu").requires_grad_(True) for p in trainable])
 
 
 def _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg, accelerator) -> None:
