@@ -71,8 +71,10 @@ class TrainConfig:
     resume: str = opt("", "Resume from 'latest' (newest checkpoint in output_dir/checkpoints) or a checkpoint folder; empty = start fresh.")
     validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
     validation_steps: int = opt(20, "Sampling steps for in-training validation edits.")
+    validation_image_guidance: float = opt(1.5, "Image guidance scale for in-training validation edits.")
+    validation_guidance: float = opt(7.0, "Text guidance scale for in-training validation edits.")
     log_with: Literal["tensorboard", "wandb", "jsonl"] = opt("tensorboard", "Where validation metrics also go besides validation.jsonl: TensorBoard (if installed), Weights & Biases (needs wandb), or nowhere.")
-    num_validation_images: int = opt(4, "Validation images per task edited for the report after training.")
+    num_validation_images: int = opt(4, "Validation images per task in the fixed in-training validation subset (spread over the split).")
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:

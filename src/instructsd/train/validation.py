@@ -32,21 +32,15 @@ class ValidationSet:
 
 
 def fixed_subset(rows: Dataset, cfg) -> ValidationSet:
-    """The first ``num_validation_images`` rows of each task (rows with no instruction get the task's canonical one)."""
-    tasks = rows[cfg.task_column] if cfg.task_column in rows.column_names else ["all"] * len(rows)
-    picked, per_task = [], {}
-    for i, task in enumerate(tasks):
-        if per_task.get(task, 0) < cfg.num_validation_images:
-            per_task[task] = per_task.get(task, 0) + 1
-            picked.append(i)
-    sub = rows.select(picked)
-    prompts = list(sub[cfg.prompt_column])
-    picked_tasks = [tasks[i] for i in picked]
-    for k, prompt in enumerate(prompts):
-        if not prompt:
-            from instructsd.data.instructions import canonical_instruction
+    """``num_validation_images`` rows of each task spread over the split (the same choice as
+    ``instructsd eval``); rows with no instruction get the task's canonical one."""
+    from instructsd.eval.evaluate import instruction_for, select_per_task
 
-            prompts[k] = canonical_instruction(picked_tasks[k])
+    tasks = rows[cfg.task_column] if cfg.task_column in rows.column_names else ["all"] * len(rows)
+    picked = select_per_task(rows, cfg.num_validation_images, cfg.task_column)
+    sub = rows.select(picked)
+    picked_tasks = [tasks[i] for i in picked]
+    prompts = [instruction_for(p, t) for p, t in zip(sub[cfg.prompt_column], picked_tasks)]
     return ValidationSet(list(sub[cfg.input_column]), list(sub[cfg.edited_column]), prompts, picked_tasks)
 
 
@@ -102,7 +96,8 @@ def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, 
     was_training = unet.training
     unet.eval()
     pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
-    settings = EditSettings(num_inference_steps=cfg.validation_steps)
+    settings = EditSettings(num_inference_steps=cfg.validation_steps, image_guidance_scale=cfg.validation_image_guidance,
+                            guidance_scale=cfg.validation_guidance)
     edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))))
     unet.train(was_training)
     size = lambda im: (im.size[0] // 8 * 8, im.size[1] // 8 * 8)  # noqa: E731 (edit_images rounds to multiples of 8)
