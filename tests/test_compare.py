@@ -109,7 +109,8 @@ def test_model_labels_and_cli_errors(tmp_path, capsys) -> None:
         model_labels(["identity=some/path"])
     assert run(["compare", "--models", "a", "--dataset", str(tmp_path / "none"), "--clip", "none", "--dino", "none",
                 "--lpips", "none", "--sweep", ""]) == 1
-    assert "not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no dataset at" in err and str(tmp_path / "none") in err and "instructsd data build" in err
 
 
 def test_generalization_table_splits_single_and_compound_tasks() -> None:

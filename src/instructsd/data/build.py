@@ -334,12 +334,10 @@ def samples_grid(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]],
 # --- load ----------------------------------------------------------------------------------
 
 
-def load_instruction_dataset(path: str | Path) -> datasets.DatasetDict:
-    """Load a dataset saved by :func:`build_dataset`, checking its splits and columns.
+def open_saved(path: str | Path) -> datasets.DatasetDict:
+    """A folder written by ``save_to_disk`` with splits, or a one-line error saying how to make one.
 
-    Raises:
-        InstructSDError: ``path`` is missing or not a saved ``DatasetDict``, or it lacks a
-            split of :data:`SPLITS` or a column of :data:`COLUMNS`.
+    The one place that opens saved datasets: the builder, the trainer, export and push use it.
     """
     path = Path(path)
     if not path.exists():
@@ -353,6 +351,18 @@ def load_instruction_dataset(path: str | Path) -> datasets.DatasetDict:
             f"'{path}' holds a single dataset without splits; expected splits "
             f"{', '.join(SPLITS)}; {_BUILD_HINT}"
         )
+    return dataset
+
+
+def load_instruction_dataset(path: str | Path) -> datasets.DatasetDict:
+    """Load a dataset saved by :func:`build_dataset`, checking its splits and columns.
+
+    Raises:
+        InstructSDError: ``path`` is missing or not a saved ``DatasetDict``, or it lacks a
+            split of :data:`SPLITS` or a column of :data:`COLUMNS`.
+    """
+    path = Path(path)
+    dataset = open_saved(path)
     for split in SPLITS:
         if split not in dataset:
             raise InstructSDError(

@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from instructsd.data.build import SPLITS, _datasets_progress, samples_grid, save_atomically
+from instructsd.data.build import SPLITS, _datasets_progress, open_saved, samples_grid, save_atomically
 from instructsd.data.mixture import Mixture, Plan, load_mixture, make_plan, make_rows
 from instructsd.errors import InstructSDError
 
@@ -322,19 +322,9 @@ def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
 # --- export --------------------------------------------------------------------------------
 
 
-def _load_saved(dataset_dir: str | Path) -> datasets.DatasetDict:
-    """A saved dataset folder, or a one-line error saying how to make one."""
-    try:
-        return datasets.load_from_disk(str(dataset_dir))
-    except (FileNotFoundError, ValueError) as err:
-        raise InstructSDError(
-            f"'{dataset_dir}' is not a saved dataset folder ({err}); build one with `instructsd data build`"
-        ) from err
-
-
 def export_parquet(dataset_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Write each split of a saved dataset as ``<out>/<split>.parquet`` (images as PNG bytes)."""
-    dataset = _load_saved(dataset_dir)
+    dataset = open_saved(dataset_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -349,7 +339,7 @@ def export_parquet(dataset_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
 def push_to_hub(dataset_dir: str | Path, repo_id: str, *, private: bool = True) -> None:
     """Upload a saved dataset with ``DatasetDict.push_to_hub`` (needs a hub token and network)."""
-    dataset = _load_saved(dataset_dir)
+    dataset = open_saved(dataset_dir)
     try:
         dataset.push_to_hub(repo_id, private=private)
     except Exception as err:  # noqa: BLE001 -- auth, network, permission

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, load_from_disk
+from datasets import Dataset
 from PIL import Image
 
 from instructsd.errors import InstructSDError
@@ -25,16 +25,12 @@ _AUGMENT, _INSTRUCTION, _ORDER = 1, 2, 3
 
 def load_split(path: str | Path, split: str, columns: list[str]) -> Dataset:
     """Load one split of an instruction dataset from disk, checking the columns we need."""
+    from instructsd.data.build import open_saved
+
     path = Path(path)
-    if not path.exists():
-        raise InstructSDError(f"dataset '{path}' not found; build one with `instructsd data build {path}`")
-    try:
-        data = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise InstructSDError(f"'{path}' is not a saved datasets folder ({err}); build one with `instructsd data build`") from err
-    if not isinstance(data, DatasetDict) or split not in data:
-        have = list(data.keys()) if isinstance(data, DatasetDict) else ["(a single split)"]
-        raise InstructSDError(f"dataset '{path}' has no '{split}' split (has: {', '.join(have)})")
+    data = open_saved(path)
+    if split not in data:
+        raise InstructSDError(f"dataset '{path}' has no '{split}' split (has: {', '.join(data) or 'none'})")
     missing = [c for c in columns if c not in data[split].column_names]
     if missing:
         raise InstructSDError(
