@@ -199,3 +199,35 @@ def test_memory_options(pipe):
     if not __import__("torch").cuda.is_available():
         with pytest.raises(InstructSDError, match="CUDA"):
             configure_pipeline(pipe, cpu_offload=True)
+
+
+def test_auto_sampler_follows_the_model(tiny_model, tmp_path):
+    """'auto' keeps the post's Euler ancestral for ordinary models, uses the sampler a model folder
+    ships with, and never hands a clean-latent predictor to Euler ancestral (which cannot sample it)."""
+    import shutil
+
+    from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    from instructsd.models.pretrain import ship_scheduler
+
+    image, instruction = photo(1, (32, 32)), "Denoise the image."
+    plain = load_editor(tiny_model, device="cpu")
+    edit_images(plain, [image], [instruction], EditSettings(num_inference_steps=2))
+    assert isinstance(plain.scheduler, EulerAncestralDiscreteScheduler)
+
+    sample_model = tmp_path / "sample-model"
+    shutil.copytree(tiny_model, sample_model)
+    config = json.loads((sample_model / "scheduler" / "scheduler_config.json").read_text())
+    (sample_model / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "sample"}))
+    pipe = load_editor(sample_model, device="cpu")
+    edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2))
+    assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
+    with pytest.raises(InstructSDError, match="Euler ancestral.*euler, ddim"):
+        edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2, scheduler="euler_ancestral"))
+
+    ship_scheduler(sample_model, "ddim")  # what pretrain-tiny does with the card's sampler
+    pipe = load_editor(sample_model, device="cpu")
+    first = edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2), seeds=[3])[0]
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.prediction_type == "sample"
+    again = edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2, scheduler="ddim"), seeds=[3])[0]
+    assert np.array_equal(np.asarray(first), np.asarray(again))

@@ -132,7 +132,7 @@ def build_demo(pipe, model_name: str, run_dir: str | Path, limits: DemoLimits = 
                                                label="Image guidance (higher stays closer to the input)")
                     guidance = gr.Slider(1.0, 15.0, value=defaults.guidance_scale, step=0.5,
                                          label="Text guidance (higher follows the instruction harder)")
-                    scheduler = gr.Dropdown(list(SCHEDULERS), value=defaults.scheduler, label="Scheduler")
+                    scheduler = gr.Dropdown(["auto", *SCHEDULERS], value=defaults.scheduler, label="Scheduler")
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     num_outputs = gr.Slider(1, limits.max_outputs, value=1, step=1, label="Number of edits")
                     highres = gr.Checkbox(value=True, label="High-resolution mode (edit at native size, restore detail)")

@@ -17,7 +17,7 @@ def edit_cmd(
     steps: int = typer.Option(20, help="Sampling steps."),
     image_guidance: float = typer.Option(1.5, help="Image guidance scale (higher stays closer to the input)."),
     guidance: float = typer.Option(7.0, help="Text guidance scale (higher follows the instruction harder)."),
-    scheduler: str = typer.Option("euler_ancestral", help="euler_ancestral, euler, dpmpp, ddim or unipc."),
+    scheduler: str = typer.Option("auto", help="auto (the model's own sampler; Euler ancestral for a hub InstructPix2Pix), euler_ancestral, euler, dpmpp, ddim or unipc."),
     negative_prompt: Optional[str] = typer.Option(None, help="What the edit should avoid."),
     batch_size: int = typer.Option(1, help="Edits of one image sampled together."),
     max_side: Optional[int] = typer.Option(None, help="Downscale inputs so the longer side is at most this."),

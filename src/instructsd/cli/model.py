@@ -37,3 +37,31 @@ def model_merge_lora(
 
     merge_run(run, out, base_model=base_model, overwrite=overwrite)
     typer.echo(f"wrote {out}")
+
+
+@app.command("pretrain-tiny")
+def model_pretrain_tiny(
+    out: Path = typer.Argument(..., help="Run folder: stages resume from OUT/work; the finished base goes to OUT/model."),
+    steps: int = typer.Option(None, help="UNet training steps (default: the recipe's)."),
+    seed: int = typer.Option(0, help="The one seed: data, weights, noise, evaluation."),
+    crops_per_image: int = typer.Option(None, help="Crops per source photo (default: the recipe's)."),
+    eval_per_task: int = typer.Option(None, help="Held-out crops scored per task (default: the recipe's)."),
+) -> None:
+    """Pre-train the tiny instruction-following base (hours on a CPU at full length; uses CUDA when present).
+
+    Interrupt it at any time and run the same command again: it resumes.
+    """
+    import sys
+    from dataclasses import replace
+
+    from instructsd.models.pretrain import PretrainConfig, format_metrics, pretrain_tiny
+
+    changes = {k: v for k, v in {"train_steps": steps, "crops_per_image": crops_per_image,
+                                 "eval_per_task": eval_per_task}.items() if v is not None}
+    cfg = replace(PretrainConfig(), seed=seed, **changes)
+    model = pretrain_tiny(out, cfg, command="instructsd " + " ".join(sys.argv[1:]))
+    import json
+
+    record = json.loads((model / "pretrain.json").read_text())
+    typer.echo(format_metrics(record["metrics"]))
+    typer.echo(f"wrote {model} (model card: {model / 'README.md'})")

@@ -206,6 +206,16 @@ def _jpeg(clean, p, rng):
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")).copy()
 
 
+def _color_cast(clean, p, rng):
+    """Wrong white balance: each channel scaled by its gain (``red``, ``green``, ``blue``), clipped.
+
+    Gains of 0.5-1.5 span a tungsten-lit orange to a shade-blue cast; an auto-white-balance
+    algorithm (or a model) has to infer and undo them from the picture alone.
+    """
+    gains = np.array([p["red"], p["green"], p["blue"]], dtype=np.float64)
+    return to_uint8(clean * gains)
+
+
 # --- registry ------------------------------------------------------------------------------
 
 DEGRADATIONS: dict[str, Degradation] = {
@@ -226,6 +236,8 @@ DEGRADATIONS: dict[str, Degradation] = {
         Degradation("haze", "dehaze",
                     {"beta": (0.3, 1.5), "airlight": (0.7, 1.0), "depth_slope": (0.2, 0.7)}, _haze),
         Degradation("jpeg", "jpeg", {"quality": (10, 40)}, _jpeg, frozenset({"quality"})),
+        Degradation("color_cast", "whitebalance", {"red": (0.5, 1.5), "green": (0.8, 1.2), "blue": (0.5, 1.5)},
+                    _color_cast),
     )
 }
 """Every degradation by name. Order is fixed (appending keeps old builds reproducible)."""

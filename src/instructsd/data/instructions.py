@@ -29,7 +29,7 @@ import yaml
 from instructsd.errors import InstructSDError
 
 BANK_TASKS: tuple[str, ...] = (
-    "denoise", "lowlight", "deblur", "cartoonize", "derain", "dehaze", "jpeg",
+    "denoise", "lowlight", "deblur", "cartoonize", "derain", "dehaze", "jpeg", "whitebalance",
 )
 """Tasks with a shipped bank, in the order of :data:`instructsd.data.tasks.TASKS`."""
 

@@ -2,7 +2,7 @@
 
 Every task shares one signature, ``apply(clean, rng) -> (input, target)``, on ``uint8``
 ``H x W x 3`` RGB arrays. Restoration tasks (denoise, lowlight, deblur, and derain, dehaze,
-jpeg from :mod:`instructsd.data.degradations`) degrade the photo to
+jpeg, whitebalance from :mod:`instructsd.data.degradations`) degrade the photo to
 make the input and keep the clean photo as the target; ``cartoonize`` keeps the photo as the
 input and uses a classical OpenCV filter as the "teacher" that makes the target -- the same
 trick InstructPix2Pix uses with Prompt-to-Prompt, with a cheap deterministic teacher instead.
@@ -166,7 +166,7 @@ def cartoonize(clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     return clean.copy(), cartoon_filter(clean)
 
 
-# --- derain, dehaze, jpeg: straight from the degradation catalogue -------------------------
+# --- derain, dehaze, jpeg, whitebalance: straight from the degradation catalogue -------------------------
 
 
 def _from_degradation(name: str) -> TaskFn:
@@ -194,6 +194,7 @@ _APPLY: dict[str, TaskFn] = {
     "derain": _from_degradation("rain"),
     "dehaze": _from_degradation("haze"),
     "jpeg": _from_degradation("jpeg"),
+    "whitebalance": _from_degradation("color_cast"),
 }
 TASKS: dict[str, Task] = {
     name: Task(name, _bank_instructions(name), fn) for name, fn in _APPLY.items()

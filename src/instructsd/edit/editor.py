@@ -48,7 +48,10 @@ class EditSettings:
     num_inference_steps: int = 20
     image_guidance_scale: float = 1.5
     guidance_scale: float = 7.0
-    scheduler: str = "euler_ancestral"
+    scheduler: str = "auto"
+    """A name from SCHEDULERS, or 'auto': the model's own sampler when it is one of them (a
+    hub InstructPix2Pix ships Euler ancestral, the post's), else Euler ancestral; Euler for
+    models that predict clean latents, which Euler ancestral cannot sample."""
     negative_prompt: str | None = None
     max_side: int | None = None
     """Downscale inputs so their longer side is at most this (aspect kept); None: keep size."""
@@ -62,8 +65,8 @@ class EditSettings:
     sample size × VAE factor, 512 px for Stable Diffusion 1.5)."""
 
     def __post_init__(self) -> None:
-        if self.scheduler not in SCHEDULERS:
-            raise InstructSDError(f"unknown scheduler '{self.scheduler}'; use one of {', '.join(SCHEDULERS)}")
+        if self.scheduler != "auto" and self.scheduler not in SCHEDULERS:
+            raise InstructSDError(f"unknown scheduler '{self.scheduler}'; use auto or one of {', '.join(SCHEDULERS)}")
         if self.num_inference_steps < 1:
             raise InstructSDError("num_inference_steps must be >= 1")
         if self.highres not in HIGHRES_MODES:
@@ -83,7 +86,11 @@ def default_device() -> str:
 
 
 def load_editor(model: str | Path, device: str | None = None, dtype: str = "fp32") -> StableDiffusionInstructPix2PixPipeline:
-    """Load an 8-channel InstructPix2Pix pipeline from a hub id or a local folder."""
+    """Load an 8-channel InstructPix2Pix pipeline from a hub id or a local folder
+    (``instructsd/tiny-base``: the base that ships with the package)."""
+    from instructsd.models.base import resolve_model
+
+    model = resolve_model(model)
     if is_local(model):
         check_model_folder(model)
     try:
@@ -195,8 +202,27 @@ def _pipeline_lock(pipe) -> threading.Lock:
         return lock
 
 
+def resolve_scheduler(pipe, name: str) -> str:
+    """The sampler ``name`` means for ``pipe`` ('auto' resolved as EditSettings.scheduler says)."""
+    if name != "auto":
+        return name
+    own_cls = pipe.__dict__.setdefault("_instructsd_own_scheduler", type(pipe.scheduler))  # before any swap
+    own = next((key for key, cls in SCHEDULERS.items() if own_cls is cls), None)
+    if own is None or own == "euler_ancestral":
+        return "euler" if pipe.scheduler.config.get("prediction_type") == "sample" else "euler_ancestral"
+    return own
+
+
 def _edit_locked(pipe, images, instructions, settings, seeds, batch_size, progress) -> list[Image.Image]:
-    scheduler_cls = SCHEDULERS[settings.scheduler]
+    pipe.__dict__.setdefault("_instructsd_own_scheduler", type(pipe.scheduler))
+    name = resolve_scheduler(pipe, settings.scheduler)
+    scheduler_cls = SCHEDULERS[name]
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    if prediction == "sample" and name == "euler_ancestral":
+        raise InstructSDError(
+            "this model predicts the clean latents (prediction_type 'sample'), which diffusers' Euler ancestral "
+            "sampler does not support; choose another scheduler (euler, ddim, dpmpp or unipc)"
+        )
     if not isinstance(pipe.scheduler, scheduler_cls):
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -5,7 +5,11 @@ decoder turns every latent into grey mush whatever the UNet learns. A few CPU mi
 
     L = |x − D(z)|₁ + β · KL(q(z|x) ‖ N(0, I)),   z ~ q(z|x)      (Kingma & Welling 2014)
 
-give a decoder good enough to judge edits by. Afterwards the scaling factor is set to
+give a decoder good enough to judge edits by. With ``anchor_weight`` > 0 the latent means are
+also pulled towards the image itself (RGB and its grey level, average-pooled to the latent
+grid): ``+ λ · |μ(x) − A x|²``. That keeps the latent space image-like, as Stable
+Diffusion's is, so a squared error between latents behaves like one between pixels and
+"return the input" is a simple map for the UNet (see models/identity_init.py). Afterwards the scaling factor is set to
 1 / std(z), as Stable Diffusion did (Rombach et al. 2022, sec. 4.3.2), so the diffusion
 model sees unit-variance latents.
 """
@@ -32,6 +36,13 @@ def _batch(images: list[np.ndarray], size: int, batch_size: int, rng: np.random.
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
 
 
+def image_anchor(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The image as latent-shaped channels: R, G, B, grey (then zeros), pooled to ``like``'s grid."""
+    grey = x.mean(dim=1, keepdim=True)
+    channels = torch.cat([x, grey] + [torch.zeros_like(grey)] * max(0, like.shape[1] - 4), dim=1)[:, : like.shape[1]]
+    return torch.nn.functional.adaptive_avg_pool2d(channels, like.shape[-2:])
+
+
 def fit_autoencoder(
     vae: AutoencoderKL,
     images: list[Image.Image],
@@ -41,6 +52,7 @@ def fit_autoencoder(
     batch_size: int = 16,
     lr: float = 2e-3,
     kl_weight: float = 1e-6,
+    anchor_weight: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -60,6 +72,8 @@ def fit_autoencoder(
         recon = vae.decode(posterior.sample()).sample
         l1 = (recon - x).abs().mean()
         loss = l1 + kl_weight * posterior.kl().mean()
+        if anchor_weight > 0:
+            loss = loss + anchor_weight * (posterior.mean - image_anchor(x, posterior.mean)).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

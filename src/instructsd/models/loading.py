@@ -55,7 +55,11 @@ def is_local(model: str | Path) -> bool:
 
 
 def load_components(model: str | Path, revision: str | None = None) -> Components:
-    """Load unet, vae, text encoder, tokenizer and a DDPM training scheduler from ``model``."""
+    """Load unet, vae, text encoder, tokenizer and a DDPM training scheduler from ``model``
+    (``instructsd/tiny-base``: the base that ships with the package)."""
+    from instructsd.models.base import resolve_model
+
+    model = resolve_model(model)
     if is_local(model):
         check_model_folder(model)
     kw = {"revision": revision} if revision else {}

@@ -42,6 +42,9 @@ class TinySpec:
     """Target BPE vocabulary size (the 512 byte symbols and 2 specials included)."""
     sample_size: int = 64
     """Native image size in pixels."""
+    unet_norm_groups: int | None = None
+    """GroupNorm groups in the UNet (None: min(32, first width)). Fewer groups keep more of each
+    image's absolute colour and contrast through the normalisations (see benchmarks/RESULTS.md)."""
 
 
 def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, seed: int = 0, tokenizer_dir: Path | None = None):
@@ -93,7 +96,7 @@ def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, see
         up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         cross_attention_dim=spec.text_dim,
         attention_head_dim=8,
-        norm_num_groups=min(32, spec.unet_channels[0]),
+        norm_num_groups=spec.unet_norm_groups or min(32, spec.unet_channels[0]),
     )
     # Stable Diffusion's training schedule, so the tiny model exercises the same code paths.
     scheduler = DDPMScheduler(

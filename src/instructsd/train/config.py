@@ -73,6 +73,7 @@ class TrainConfig:
     validation_steps: int = opt(20, "Sampling steps for in-training validation edits.")
     validation_image_guidance: float = opt(1.5, "Image guidance scale for in-training validation edits.")
     validation_guidance: float = opt(7.0, "Text guidance scale for in-training validation edits.")
+    validation_scheduler: Literal["auto", "euler_ancestral", "euler", "dpmpp", "ddim", "unipc"] = opt("auto", "Sampler for in-training validation edits (auto = Euler ancestral, or Euler for prediction_type sample; or euler_ancestral, euler, dpmpp, ddim, unipc).")
     log_with: Literal["tensorboard", "wandb", "jsonl"] = opt("tensorboard", "Where validation metrics also go besides validation.jsonl: TensorBoard (if installed), Weights & Biases (needs wandb), or nowhere.")
     num_validation_images: int = opt(4, "Validation images per task in the fixed in-training validation subset (spread over the split).")
 

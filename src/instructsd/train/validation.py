@@ -97,7 +97,7 @@ def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, 
     unet.eval()
     pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
     settings = EditSettings(num_inference_steps=cfg.validation_steps, image_guidance_scale=cfg.validation_image_guidance,
-                            guidance_scale=cfg.validation_guidance)
+                            guidance_scale=cfg.validation_guidance, scheduler=cfg.validation_scheduler)
     edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))))
     unet.train(was_training)
     size = lambda im: (im.size[0] // 8 * 8, im.size[1] // 8 * 8)  # noqa: E731 (edit_images rounds to multiples of 8)
