@@ -61,9 +61,10 @@ def test_shipped_base_loads_in_stock_diffusers_and_reproduces_its_card(tmp_path)
         assert again[task]["identity"]["psnr"] == pytest.approx(cell["identity"]["psnr"], abs=1e-6)  # same data
         for method in ("model", "model_held_out"):
             assert again[task][method]["psnr"] == pytest.approx(cell[method]["psnr"], abs=0.3), (task, method)
-    # The targets, as recorded on the full held-out set.
-    assert record["targets"]["beats_identity_on_3"]
-    assert record["targets"]["paraphrases_within_half_db"]
+    # What the card claims on the full held-out set: global edits learnt well beyond doing nothing.
+    gains = record["targets"]["gain_over_identity_db"]
+    assert gains["lowlight"] >= 1.0 and gains["dehaze"] >= 1.0
+    assert sorted(record["targets"]["tasks_beating_identity_by_1db"]) == sorted(t for t, g in gains.items() if g >= 1.0)
 
 
 def test_alias_and_scratch_start_share_the_base_latent_space(tmp_path):
