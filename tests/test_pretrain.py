@@ -9,6 +9,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 
+from instructsd.cli import run
+from instructsd.config import from_dict
 from instructsd.errors import InstructSDError
 from instructsd.models.base import TINY_BASE_ALIAS, scratch_start, tiny_base_path, tiny_base_record
 from instructsd.models.pretrain import PretrainConfig, check_subset, pretrain_tiny
@@ -51,7 +53,7 @@ def test_shipped_base_loads_in_stock_diffusers_and_reproduces_its_card(tmp_path)
     size = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
     assert size <= 20 * 2**20, f"shipped base is {size / 2**20:.1f} MB; the budget is 20 MB"
     record = tiny_base_record()
-    cfg = PretrainConfig(**{**record["config"], "tasks": tuple(record["config"]["tasks"])})
+    cfg = from_dict(PretrainConfig, record["config"])
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     again = check_subset(cfg, pipe, tmp_path / "check-data", record["settings"])["metrics"]
@@ -129,3 +131,11 @@ def test_identity_init_returns_the_image_latents_and_still_learns():
 
     with pytest.raises(InstructSDError, match="norm_num_groups=1"):
         identity_init(UNet2DConditionModel.from_config({**unet.config, "norm_num_groups": 8}))
+
+
+def test_pretrain_cli_takes_recipe_changes_as_key_value(tmp_path, capsys):
+    assert run(["model", "pretrain-tiny", str(tmp_path / "pre"), "train_step=5"]) == 1
+    assert "unknown config key 'train_step'" in capsys.readouterr().err
+    assert run(["model", "pretrain-tiny", str(tmp_path / "pre"), "size=big"]) == 1
+    assert "config key 'size'" in capsys.readouterr().err
+    assert not (tmp_path / "pre").exists()  # refused before anything is written

@@ -17,7 +17,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 
 from instructsd.config import load_config, to_dict
 from instructsd.errors import InstructSDError
@@ -35,13 +34,6 @@ def _fresh_run_folder(out: Path) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("this folder is replaced by every `instructsd quickstart` run\n")
-
-
-def _curve(run: Path, key: str) -> list[tuple[int, float]]:
-    path = run / "validation.jsonl"
-    if not path.exists():
-        return []
-    return [(rec["step"], rec[key]) for rec in map(json.loads, path.read_text().splitlines()) if key in rec]
 
 
 def run_quickstart(
@@ -62,13 +54,13 @@ def run_quickstart(
     from instructsd.models.base import scratch_start, tiny_base_path, tiny_base_record
     from instructsd.train.config import TrainConfig
     from instructsd.train.recipe import train
+    from instructsd.train.validation import read_curves
 
     out = Path(out)
     base = Path(base) if base else tiny_base_path()
     record = tiny_base_record(base)
     recipe, settings = record["config"], EditSettings(**record["settings"])
     _fresh_run_folder(out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     timings: dict[str, float] = {}
     started = time.time()
 
@@ -99,7 +91,8 @@ def run_quickstart(
         timings[f"train {label}"] = time.time() - tick
 
     tick = time.time()
-    curves = {metric: {label: _curve(runs[label].parent, f"val/{metric}") for label in runs} for metric in ("psnr", "ssim")}
+    curves = {metric: {label: read_curves(runs[label].parent / "validation.jsonl", metric).get("all", []) for label in runs}
+              for metric in ("psnr", "ssim")}
     notes = [
         "Everything here was built on this machine from code, scikit-image's bundled photos and the tiny base that "
         "ships with instructsd; nothing was downloaded.",

@@ -23,12 +23,14 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
+from instructsd.config import opt, save_config
 from instructsd.errors import InstructSDError
 
 PRETRAIN_TASKS = ("denoise", "lowlight", "dehaze", "whitebalance")
@@ -41,26 +43,19 @@ less than the autoencoder's own reconstruction error, so there is little to lear
 class PretrainConfig:
     """Everything that decides the base model; saved with it so a run can be repeated."""
 
-    tasks: tuple[str, ...] = PRETRAIN_TASKS
-    size: int = 32
-    """Image side in pixels (the model's native size)."""
-    crops_per_image: int = 64
-    """Square crops per source photo (each used once per task)."""
-    val_fraction: float = 0.15
-    """Share of source photos held out (split by photo, the builder's rule)."""
-    unet_channels: tuple[int, ...] = (32, 64, 64)
-    unet_norm_groups: int | None = 1
-    """GroupNorm groups in the UNet (None: 32, i.e. one channel per group at the first level)."""
-    identity_init: bool = True
-    """Start the UNet as "return the input image" (models/identity_init.py); needs 1 group."""
-    vae_channels: tuple[int, ...] = (32,)
-    """One level: an autoencoder of factor 1 (latents at pixel resolution)."""
-    text_dim: int = 64
-    vae_steps: int = 1500
-    vae_anchor: float = 1.0
-    """Weight pulling the autoencoder's latents towards the image itself (image-like latents)."""
-    train_steps: int = 1600
-    train: dict = field(default_factory=lambda: {
+    tasks: tuple[str, ...] = opt(PRETRAIN_TASKS, "Tasks the base learns (names from `instructsd data tasks`).")
+    size: int = opt(32, "Image side in pixels: the model's native size.")
+    crops_per_image: int = opt(64, "Square crops per source photo (each used once per task).")
+    val_fraction: float = opt(0.15, "Share of source photos held out (split by photo, the builder's rule).")
+    unet_channels: tuple[int, ...] = opt((32, 64, 64), "UNet width per resolution level.")
+    unet_norm_groups: Optional[int] = opt(1, "GroupNorm groups in the UNet (null: min(32, first width)); identity init needs 1.")
+    identity_init: bool = opt(True, 'Start the UNet as "return the input image" (models/identity_init.py).')
+    vae_channels: tuple[int, ...] = opt((32,), "Autoencoder width per level; one level = factor 1 (latents at pixel resolution).")
+    text_dim: int = opt(64, "Width of the CLIP text encoder and of the UNet's cross-attention.")
+    vae_steps: int = opt(1500, "Autoencoder fitting steps.")
+    vae_anchor: float = opt(1.0, "Weight pulling the autoencoder's latents towards the image itself (image-like latents).")
+    train_steps: int = opt(1600, "UNet training steps.")
+    train: dict = opt({
         "prediction_type": "sample",
         "learning_rate": 3e-4,
         "lr_scheduler": "cosine",
@@ -68,18 +63,16 @@ class PretrainConfig:
         "train_batch_size": 32,
         "gradient_accumulation_steps": 1,
         "use_ema": False,
-    })
-    """TrainConfig overrides on top of the tiny-cpu preset."""
-    seed: int = 0
-    eval_per_task: int = 16
-    settings: list = field(default_factory=lambda: [
+    }, "TrainConfig overrides on top of the tiny-cpu preset.")
+    seed: int = opt(0, "The one seed: data, weights, noise, evaluation.")
+    eval_per_task: int = opt(16, "Held-out crops scored per task for the card.")
+    settings: list = opt([
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.5, "guidance_scale": 7.0},
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.0, "guidance_scale": 3.0},
         {"scheduler": "ddim", "num_inference_steps": 10, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
-    ])
-    """Candidate inference settings (EditSettings fields). Each is scored on the small check subset;
-    the best mean PSNR is the one the card uses and reports on the full held-out set."""
+    ], "Candidate inference settings (EditSettings fields); the best mean PSNR on the small check subset is "
+       "the one the card uses and reports on the full held-out set.")
 
 
 def build_data(cfg: PretrainConfig, out: Path, progress: bool = True) -> Path:
@@ -109,9 +102,10 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     tok_dir = out.parent / f".{out.name}-tokenizer"
     unet, vae, text_encoder, tokenizer, scheduler = build_tiny_components(spec, in_channels=in_channels, seed=cfg.seed,
                                                                           tokenizer_dir=tok_dir)
-    rows = load_split(data, "train", ["input_image", "edited_image"])
-    # Fit on clean targets of restoration tasks (the photos themselves), never on validation photos.
-    photos = [row["edited_image"] for row in rows if row["task"] != "cartoonize"]
+    rows = load_split(data, "train", ["edited_image", "task"])
+    # Fit on clean targets of restoration tasks (the photos themselves), never on validation photos;
+    # only the target column is decoded.
+    photos = [image for image, task in zip(rows["edited_image"], rows["task"]) if task != "cartoonize"]
     stats = fit_autoencoder(vae, photos, steps=cfg.vae_steps, size=cfg.size, seed=cfg.seed, anchor_weight=cfg.vae_anchor,
                             progress=progress)
     if cfg.identity_init:
@@ -226,6 +220,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
     from instructsd.edit.editor import EditSettings, load_editor
     from instructsd.train.data import load_split
     from instructsd.train.recipe import train
+    from instructsd.train.validation import read_curves
 
     out = Path(out)
     work = out / "work"
@@ -235,6 +230,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
         raise InstructSDError(f"'{out}' holds a pre-training run with other settings ({saved}); use another OUT "
                               "or delete it to start over")
     saved.write_text(json.dumps({"config": asdict(cfg)}, indent=2))
+    save_config(cfg, work / "pretrain.yaml")  # the same recipe, readable and reusable: pretrain-tiny OUT key=value
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -254,7 +250,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
     spent = json.loads(timing_file.read_text())["seconds"] if timing_file.exists() else 0.0
     spent = (spent if result.resumed_from is not None else 0.0) + result.wall_seconds
     timing_file.write_text(json.dumps({"seconds": spent}))
-    curve = validation_curve(work / "train" / "validation.jsonl")
+    curve = read_curves(work / "train" / "validation.jsonl", "psnr")
 
     pipe = load_editor(result.final_dir, device=device)
     # Settings are chosen on the small check subset, then reported on the (larger) held-out set.
@@ -282,18 +278,6 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
         shutil.rmtree(model)
     os.replace(tmp, model)
     return model
-
-
-def validation_curve(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per task, (step, PSNR) of the in-training validation on held-out photos."""
-    if not path.exists():
-        return {}
-    curve: dict[str, list[tuple[int, float]]] = {}
-    for record in map(json.loads, path.read_text().splitlines()):
-        for key, value in record.items():
-            if key.startswith("val/") and key.endswith("/psnr"):
-                curve.setdefault(key[4:-5] or "all", []).append((record["step"], value))
-    return curve
 
 
 def ship_scheduler(folder: Path, name: str) -> None:

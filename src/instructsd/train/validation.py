@@ -114,3 +114,17 @@ def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, 
     log.scalars(step, values)
     log.image(step, grid)
     return values
+
+
+def read_curves(path: str | Path, metric: str = "psnr") -> dict[str, list[tuple[int, float]]]:
+    """``validation.jsonl`` as curves: {task or "all": [(step, value), ...]} for ``metric``."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for record in map(json.loads, path.read_text().splitlines()):
+        for key, value in record.items():
+            parts = key.split("/")
+            if parts[0] == "val" and parts[-1] == metric:
+                curves.setdefault(parts[1] if len(parts) == 3 else "all", []).append((record["step"], value))
+    return curves
