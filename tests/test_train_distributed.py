@@ -25,7 +25,7 @@ def test_two_cpu_processes_hold_identical_weights_with_the_expected_effective_ba
     accelerate = str(Path(sys.executable).parent / "accelerate")
     # `--cpu` alone makes accelerate start ONE process; --multi_gpu starts torchrun's two, and the
     # recipe picks accelerate's gloo (MULTI_CPU) backend itself when there is no CUDA.
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "bf16",
            "--dynamo_backend", "no", "-m", "instructsd.cli", "train", "tiny-cpu", f"base_model={tiny_model}",
            f"dataset={data}", f"output_dir={out}", "resolution=16", "max_train_steps=2", "train_batch_size=2",
            "gradient_accumulation_steps=2", "lr_scheduler=constant", "lr_warmup_steps=0", "log_every=1"]
@@ -41,3 +41,5 @@ def test_two_cpu_processes_hold_identical_weights_with_the_expected_effective_ba
     losses = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in losses] == [1, 2]
     assert (out / "final" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    # The launcher's --mixed_precision is honoured when the config leaves it unset (tiny-cpu does).
+    assert "mixed_precision: bf16" in (out / "config.yaml").read_text()

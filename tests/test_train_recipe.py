@@ -179,9 +179,7 @@ def test_optional_extras_fail_with_the_extra_to_install(tiny_model, dataset, tmp
     try:
         import wandb  # noqa: F401
     except ImportError:
-        from instructsd.train.validation import MetricLog
-
-        with pytest.raises(InstructSDError, match="log_with=wandb needs the wandb package"):
-            MetricLog(tmp_path, "wandb")
+        with pytest.raises(InstructSDError, match="report_to=wandb needs the wandb package"):
+            train(_cfg(tiny_model, dataset, tmp_path / "r", "report_to=wandb", "max_train_steps=1"), progress=False)
     with pytest.raises(InstructSDError, match="not a checkpoint folder"):
         train(_cfg(tiny_model, dataset, tmp_path / "r", f"resume={tmp_path}", "max_train_steps=1"), progress=False)

@@ -81,7 +81,7 @@ def run_quickstart(
         folder = out / "train" / ("from-base" if start == base else "from-4ch")
         overrides = [f"base_model={start}", f"dataset={data}", f"output_dir={folder}", f"resolution={recipe['size']}",
                      f"max_train_steps={steps}", f"validation_every={every}", "num_validation_images=8",
-                     "cache_latents=true", "log_with=jsonl", f"seed={recipe['seed']}",
+                     "cache_latents=true", "report_to=none", f"seed={recipe['seed']}",
                      f"validation_scheduler={settings.scheduler}", f"validation_steps={settings.num_inference_steps}",
                      f"validation_image_guidance={settings.image_guidance_scale}",
                      f"validation_guidance={settings.guidance_scale}"]

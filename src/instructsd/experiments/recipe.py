@@ -163,7 +163,8 @@ def _train_config(cfg: ExperimentConfig, base: str, data: Path, out: Path, stage
 
     preset = presets().get(cfg.train_preset, Path(cfg.train_preset))
     values = {**read_yaml(preset), **cfg.train_overrides, "base_model": base, "dataset": str(data),
-              "output_dir": str(out), "max_train_steps": cfg.steps_per_stage, "seed": cfg.seed + stage}
+              "output_dir": str(out), "max_train_steps": cfg.steps_per_stage, "seed": cfg.seed + stage,
+              "overwrite": True}  # each run of the experiment retrains its own stage folders
     return from_dict(TrainConfig, values, source=f"{preset} + experiment")
 
 

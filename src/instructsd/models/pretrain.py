@@ -239,9 +239,9 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
     first = cfg.settings[0]
     every = max(1, cfg.train_steps // 5)
     tcfg = train_config(cfg, work / "init", data, work / "train", [
-        "checkpoint_every=250", "keep_last=1", "resume=latest" if (work / "train" / "checkpoints").exists() else "resume=",
+        "checkpoint_every=250", "keep_last=1", "resume=auto", "overwrite=true",  # continue a killed run; else replace its debris
         # A validation curve on held-out photos (per task) while it trains.
-        f"validation_every={every}", "num_validation_images=4", "log_with=jsonl",
+        f"validation_every={every}", "num_validation_images=4", "report_to=none",
         f"validation_scheduler={first['scheduler']}", f"validation_steps={first['num_inference_steps']}",
         f"validation_image_guidance={first['image_guidance_scale']}", f"validation_guidance={first['guidance_scale']}"])
     result = train(tcfg, progress=progress)

@@ -39,18 +39,65 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)))
 
 
-def resolve(resume: str, out: Path) -> Path | None:
-    """``resume`` = '' (fresh), 'latest' (newest in the run, or fresh if none) or a folder."""
-    if not resume:
-        return None
-    if resume == "latest":
-        found = checkpoints(out)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / "state.json").is_file():
-        raise InstructSDError(f"resume='{resume}' is not a checkpoint folder (no state.json); use resume=latest or a "
-                              f"{Path(out) / 'checkpoints' / 'step-N'} folder")
-    return path
+# What a run writes into its folder; a new run replaces these (with overwrite=true) and nothing else,
+# so a shared latent cache (cache/) or the user's own files there survive.
+RUN_FILES = ("config.yaml", "losses.jsonl", "validation.jsonl", "validation", "checkpoints", "final", "lora",
+             "tensorboard", "ranks", "wandb")
+
+
+def previous_run(out: Path) -> list[str]:
+    """What shows that ``out`` holds a run that trained (empty when it holds none).
+
+    A run that died before its first step leaves only config.yaml and empty logs: nothing to lose.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    evidence = []
+    for name in ("losses.jsonl", "validation.jsonl", "checkpoints", "final", "lora"):
+        path = out / name
+        if path.is_file() and path.stat().st_size > 0 or path.is_dir() and any(path.iterdir()):
+            evidence.append(name)
+    return evidence
+
+
+def resolve(resume: str, out: Path, overwrite: bool = False) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh start; refuses anything that would lose a run.
+
+    ``resume`` = '' (fresh), 'latest' (the newest checkpoint; there must be one), 'auto' (the newest
+    checkpoint if there is one, else fresh) or a checkpoint folder. A fresh start into a folder that
+    holds another run is refused unless ``overwrite`` (which replaces that run's files).
+    """
+    out = Path(out)
+    found = checkpoints(out)
+    if resume == "latest" and not found:
+        raise InstructSDError(
+            f"resume=latest but '{out / 'checkpoints'}' holds no checkpoint (nothing was saved yet: set checkpoint_every); "
+            f"use resume=auto to start fresh when there is none, or resume='' to start fresh")
+    if resume in ("latest", "auto") and found:
+        return found[-1]
+    if resume not in ("", "latest", "auto"):
+        path = Path(resume)
+        if not (path / "state.json").is_file():
+            raise InstructSDError(f"resume='{resume}' is not a checkpoint folder (no state.json); use resume=latest, "
+                                  f"resume=auto or a {out / 'checkpoints' / 'step-N'} folder")
+        return path
+    earlier = previous_run(out)
+    if earlier and not overwrite:
+        raise InstructSDError(
+            f"'{out}' already holds a run ({', '.join(earlier)}); continue it with resume=latest, replace it with "
+            f"overwrite=true, or choose another output_dir")
+    return None
+
+
+def clear_previous_run(out: Path) -> None:
+    """Delete the files an earlier run wrote into ``out`` (only those: see RUN_FILES)."""
+    for name in RUN_FILES:
+        path = Path(out) / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def rng_state(noise_gen: torch.Generator) -> dict:

@@ -10,8 +10,10 @@ continues with exactly the losses the uninterrupted run would have had.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -41,6 +45,7 @@ from instructsd.train.data import (
     task_row_weights,
 )
 from instructsd.train.objective import DropoutProbs, encode_pair, instruct_pix2pix_loss
+from instructsd.train.tracking import RunLog, resolve_report_to
 
 OOM_HINT = ("out of memory at step {step}; try a smaller train_batch_size (keeping the effective batch with a larger "
             "gradient_accumulation_steps), gradient_checkpointing=true, lora_rank=8, cache_latents=true, "
@@ -96,23 +101,34 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     ``stop_at`` ends the run after that optimizer step (saving a checkpoint there) without
     writing the final model — as a time-limited job does; resume it with ``resume=latest``.
     """
-    _check(cfg)
+    cfg = _check(cfg)
     started = time.time()
     out = Path(cfg.output_dir)
+    # Decided before anything is written: which checkpoint continues, or whether a fresh start may
+    # replace an earlier run in this folder (only with overwrite=true).
+    resumed = checkpoint.resolve(cfg.resume, out, cfg.overwrite)
+    trackers = resolve_report_to(cfg.report_to)
 
     # --- setup ------------------------------------------------------------------------------
     # Launched as several processes on a machine without CUDA, accelerate needs `cpu=True` to pick
     # its gloo (MULTI_CPU) backend; without it every process would silently train alone.
     cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # accelerate keeps the precision in a process-wide singleton; a second run in the same process
+    # (tests, the quickstart, experiments) may train in another one. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
-                              cpu=cpu_ddp)
+                              cpu=cpu_ddp, log_with=trackers or None,
+                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if accelerator.is_main_process:
+        if resumed is None:
+            checkpoint.clear_previous_run(out)  # resolve() allowed it: empty, or overwrite=true
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+    accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
 
     columns = [cfg.input_column, cfg.edited_column, cfg.prompt_column]
@@ -194,7 +210,6 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     # --- resume -----------------------------------------------------------------------------
     log: list[dict] = []
     step, epoch, position, bad_rows = 0, 0, 0, set()
-    resumed = checkpoint.resolve(cfg.resume, out)
     if resumed is not None:
         state = checkpoint.load(resumed, accelerator=accelerator, unet=unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                 ema=ema, noise_gen=noise_gen, lora=lora)
@@ -203,7 +218,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
     validation = None
     if cfg.validation_every:
-        from instructsd.train.validation import MetricLog, fixed_subset
+        from instructsd.train.validation import fixed_subset
 
         vae.to(accelerator.device, dtype=weight_dtype)
         text_encoder.to(accelerator.device, dtype=weight_dtype)
@@ -213,17 +228,14 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
             val_rows = validation_rows(cfg)
         else:
             val_rows = load_split(cfg.dataset, "validation", columns)
-        validation = (fixed_subset(val_rows, cfg), MetricLog(out, cfg.log_with, to_dict(cfg)) if accelerator.is_main_process else None)
+        validation = fixed_subset(val_rows, cfg)
+    runlog = RunLog(accelerator, out, trackers, to_dict(cfg), log, step)
 
     # --- train ------------------------------------------------------------------------------
     running, micro = 0.0, 0
     steady_from, steady_cpu, steady_step = None, 0.0, 0
     bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
                dynamic_ncols=True)
-    log_file = None
-    if accelerator.is_main_process:
-        log_file = (out / "losses.jsonl").open("w")
-        log_file.writelines(json.dumps(entry) + "\n" for entry in log)
     last_saved = resumed
     try:
         while step < cfg.max_train_steps and (stop_at is None or step < stop_at):
@@ -262,8 +274,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
                             f"loss became {gathered.tolist()} at step {step + 1} (rank {rank} samples {batch['indices']}); "
                             f"{where}. Lower learning_rate, set max_grad_norm, or use mixed_precision=bf16 instead of fp16")
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    if accelerator.sync_gradients:  # max_norm=inf measures the norm and scales by exactly 1
+                        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
                     optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -276,19 +288,18 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
                     steady_from, steady_cpu, steady_step = time.perf_counter(), time.process_time(), step
                 if ema is not None:
                     _ema_step(ema, trainable, cfg.ema_on_cpu)
-                entry = {"step": step, "loss": running / micro, "lr": lr_scheduler.get_last_lr()[0]}
+                entry = {"step": step, "loss": running / micro, "lr": lr_scheduler.get_last_lr()[0],
+                         "grad_norm": float(grad_norm)}
                 running, micro = 0.0, 0
                 log.append(entry)
-                if log_file:
-                    log_file.write(json.dumps(entry) + "\n")
-                if step % cfg.log_every == 0 or step == cfg.max_train_steps:
+                shown = step % cfg.log_every == 0 or step == cfg.max_train_steps
+                runlog.step(entry, flush=shown)
+                if shown:
                     window = [e["loss"] for e in log[-cfg.log_every:]]
                     bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{entry['lr']:.2e}")
-                    if log_file:
-                        log_file.flush()
                 bar.update(1)
                 if validation and step % cfg.validation_every == 0:
-                    _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg, accelerator)
+                    _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator)
                 stopping = stop_at is not None and step >= stop_at
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopping:
                     state = {**checkpoint.data_position(cfg, epoch, position), "log": log, "bad_rows": sorted(bad_rows)}
@@ -307,10 +318,7 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         raise
     finally:
         bar.close()
-        if log_file:
-            log_file.close()
-        if validation and validation[1]:
-            validation[1].close()
+        runlog.close()
 
     losses = [(e["step"], e["loss"]) for e in log]
     result = TrainResult(final_dir=out / "final", losses=losses, expanded_conv_in=expanded,
@@ -351,13 +359,36 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 # --- the parts the loop calls ------------------------------------------------------------------
 
 
-def _check(cfg: TrainConfig) -> None:
+def _check(cfg: TrainConfig) -> TrainConfig:
+    """Refuse what cannot run here; returns the config with the launcher's mixed precision resolved."""
     if not cfg.base_model:
         raise InstructSDError("config key 'base_model' is empty; set base_model=<hub id or folder>")
     if not cfg.dataset:
         raise InstructSDError("config key 'dataset' is empty; set dataset=<folder from `instructsd data build`>")
+    cfg = dataclasses.replace(cfg, mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise InstructSDError("mixed_precision=fp16 needs a CUDA GPU; on this machine use mixed_precision=no (or bf16)")
+    return cfg
+
+
+def resolve_mixed_precision(configured: str | None) -> str:
+    """The config's precision, else the launcher's (`accelerate launch --mixed_precision X` or
+    `accelerate config`, which reach us as ACCELERATE_MIXED_PRECISION), else 'no'.
+
+    The launcher passes 'no' when it was given nothing, so only a launcher value other than 'no'
+    can conflict with the config; a conflict is refused rather than silently resolved.
+    """
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower() or None
+    if launcher not in (None, "no", "fp16", "bf16"):
+        raise InstructSDError(f"accelerate asks for mixed precision '{launcher}', which instructsd does not train in; "
+                              "launch with --mixed_precision no, fp16 or bf16")
+    if configured is None:
+        return launcher or "no"
+    if launcher not in (None, "no") and launcher != configured:
+        raise InstructSDError(
+            f"the config says mixed_precision={configured} but accelerate launch says --mixed_precision {launcher}; "
+            f"make them agree, or drop mixed_precision from the config (null) to take the launcher's")
+    return configured
 
 
 def _all_ranks(accelerator):
@@ -388,8 +419,12 @@ def _ema_step(ema: EMAModel, trainable: list[torch.nn.Parameter], on_cpu: bool) 
     ema.step([p.detach().to("cpu").requires_grad_(True) for p in trainable])
 
 
-def _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg, accelerator) -> None:
-    """Validate on the main process with the EMA weights swapped in when kept."""
+def _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator) -> None:
+    """Validate on the main process with the EMA weights swapped in when kept.
+
+    Under mixed precision the frozen VAE and text encoder hold bf16/fp16 weights while the UNet
+    keeps fp32 masters, so sampling runs under the same autocast as training does.
+    """
     from instructsd.train.validation import validate
 
     if accelerator.is_main_process:
@@ -397,7 +432,8 @@ def _validate(step, unet, ema, trainable, parts, scheduler, validation, out, cfg
             ema.store(trainable)
             ema.copy_to(trainable)
         try:
-            validate(step, accelerator.unwrap_model(unet), parts, scheduler, validation[0], out, validation[1], cfg)
+            with accelerator.autocast():
+                validate(step, accelerator.unwrap_model(unet), parts, scheduler, validation, out, runlog, cfg)
         finally:
             if ema is not None:
                 ema.restore(trainable)

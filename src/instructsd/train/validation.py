@@ -3,8 +3,8 @@
 Every ``validation_every`` steps the current UNet (EMA weights when kept) is wrapped with the
 frozen parts in the stock pipeline and :func:`instructsd.edit.editor.edit_images` edits the
 same images with the same seeds, so the numbers are comparable across steps and with
-``instructsd eval``. PSNR/SSIM go to ``validation.jsonl`` and TensorBoard; an input | edit |
-target grid to ``validation/step-N.png``. Sampling uses its own seeded generators, so
+``instructsd eval``. PSNR/SSIM go to ``validation.jsonl`` and the run's trackers (``log``, a
+:class:`instructsd.train.tracking.RunLog`); an input | edit | target grid to ``validation/step-N.png``. Sampling uses its own seeded generators, so
 validating never changes the training run's random streams.
 """
 
@@ -18,7 +18,6 @@ import numpy as np
 from datasets import Dataset
 
 from instructsd.edit.editor import EditSettings, edit_images, pipeline_from_parts
-from instructsd.errors import InstructSDError
 from instructsd.eval.metrics import psnr, ssim
 from instructsd.eval.report import save_grid
 
@@ -44,54 +43,7 @@ def fixed_subset(rows: Dataset, cfg) -> ValidationSet:
     return ValidationSet(list(sub[cfg.input_column]), list(sub[cfg.edited_column]), prompts, picked_tasks)
 
 
-class MetricLog:
-    """validation.jsonl always; TensorBoard too when asked for and installed (one note otherwise), or W&B."""
-
-    def __init__(self, out: Path, log_with: str, config: dict | None = None):
-        self.path = out / "validation.jsonl"
-        self.writer = self.wandb = None
-        if log_with == "wandb":
-            try:
-                import wandb
-            except ImportError as err:
-                raise InstructSDError("log_with=wandb needs the wandb package: pip install wandb (or use log_with=tensorboard)") from err
-            self.wandb = wandb
-            wandb.init(project="instructsd", dir=str(out), name=out.name, config=config or {})
-        if log_with == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                print("note: tensorboard is not installed; validation metrics go to validation.jsonl only "
-                      "(pip install tensorboard to get TensorBoard logs)")
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps({"step": step, **values}) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-            self.writer.flush()
-        if self.wandb is not None:
-            self.wandb.log(values, step=step)
-
-    def image(self, step: int, path: Path) -> None:
-        if self.writer is not None:
-            from PIL import Image
-
-            self.writer.add_image("validation/grid", np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
-        if self.wandb is not None:
-            self.wandb.log({"validation/grid": self.wandb.Image(str(path))}, step=step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, log: MetricLog, cfg) -> dict[str, float]:
+def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, log, cfg) -> dict[str, float]:
     """Edit the subset, score it against the targets, log the scores and a grid."""
     was_training = unet.training
     unet.eval()

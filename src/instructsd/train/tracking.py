@@ -1,0 +1,103 @@
+"""Where a run's numbers go: JSONL files in the run folder always, TensorBoard and W&B through
+accelerate's trackers when asked (``report_to``, as diffusers' training scripts spell it).
+
+``losses.jsonl`` gets one line per optimizer step (loss, learning rate, gradient norm) and
+``validation.jsonl`` one line per validation; both survive a resume: they are rewritten from the
+checkpoint's record (atomically) and appended to after. Trackers get the same scalars and the
+validation grids, from the main process only (accelerate's ``log`` is a no-op elsewhere).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+from instructsd.errors import InstructSDError
+from instructsd.files import atomic_write_text
+
+TRACKERS = ("tensorboard", "wandb")
+PROJECT = "instructsd"
+
+
+def resolve_report_to(report_to: str | None) -> list[str]:
+    """The trackers a ``report_to`` value asks for; null means TensorBoard when it is installed."""
+    installed = {name: importlib.util.find_spec(name) is not None for name in TRACKERS}
+    if report_to is None:
+        if not installed["tensorboard"]:
+            print("note: tensorboard is not installed, so metrics go to losses.jsonl/validation.jsonl only "
+                  "(pip install tensorboard, or set report_to=none to silence this)")
+        return ["tensorboard"] if installed["tensorboard"] else []
+    wanted = {"none": [], "all": list(TRACKERS)}.get(report_to, [report_to])
+    for name in wanted:
+        if not installed[name]:
+            raise InstructSDError(f"report_to={report_to} needs the {name} package: pip install {name} "
+                                  f"(or set report_to=none to log to the run folder's JSONL files only)")
+    return wanted
+
+
+def tracker_config(config: dict) -> dict:
+    """The run config as TensorBoard's hparams accept it (scalars and strings only)."""
+    out = {}
+    for key, value in config.items():
+        out[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return out
+
+
+def trim_jsonl(path: Path, last_step: int) -> list[dict]:
+    """Keep the records of ``path`` up to ``last_step`` (a resumed run logs the rest again)."""
+    if not path.is_file():
+        return []
+    kept = [r for r in map(json.loads, filter(None, path.read_text().splitlines())) if r["step"] <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+class RunLog:
+    """The run's numbers, written by the main process; ``log`` entries are dicts with a ``step``."""
+
+    def __init__(self, accelerator, out: Path, trackers: list[str], config: dict, history: list[dict], resumed_step: int):
+        self.accelerator, self.out = accelerator, Path(out)
+        self.main = accelerator.is_main_process
+        self.losses = self.validation = None
+        if trackers:
+            # A resumed run rewrites TensorBoard's steps after the checkpoint instead of duplicating them.
+            kwargs = {"tensorboard": {"purge_step": resumed_step + 1}} if resumed_step else {}
+            if "wandb" in trackers:
+                kwargs["wandb"] = {"dir": str(self.out), "name": self.out.name, "resume": "allow"}
+            accelerator.init_trackers(PROJECT, config=tracker_config(config), init_kwargs=kwargs)
+        if self.main:
+            # The checkpoint's record is the truth: lines after it belong to steps that will run again.
+            atomic_write_text(self.out / "losses.jsonl", "".join(json.dumps(e) + "\n" for e in history))
+            trim_jsonl(self.out / "validation.jsonl", resumed_step)
+            self.losses = (self.out / "losses.jsonl").open("a")
+
+    def step(self, entry: dict, flush: bool = False) -> None:
+        """One optimizer step's loss, learning rate and gradient norm."""
+        if self.losses is not None:
+            self.losses.write(json.dumps(entry) + "\n")
+            if flush:
+                self.losses.flush()
+        self.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=entry["step"])
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Validation metrics (main process only)."""
+        with (self.out / "validation.jsonl").open("a") as fh:
+            fh.write(json.dumps({"step": step, **values}) + "\n")
+        self.accelerator.log(values, step=step)
+
+    def image(self, step: int, path: Path) -> None:
+        """A validation grid, to every tracker that takes images."""
+        from PIL import Image
+
+        batch = np.asarray(Image.open(path).convert("RGB"))[None]  # one HWC image in a batch
+        for tracker in self.accelerator.trackers:
+            extra = {"dataformats": "NHWC"} if tracker.name == "tensorboard" else {}  # TensorBoard assumes NCHW
+            tracker.log_images({"validation/grid": batch}, step=step, **extra)
+
+    def close(self) -> None:
+        if self.losses is not None:
+            self.losses.close()
+            self.losses = None
