@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup quickstart test clean
+.PHONY: setup quickstart test test-sd15 clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ quickstart: $(STAMP)
 
 test: $(STAMP) $(VENV)/.browser
 	$(BIN)/python -m pytest -q
+
+# SD-1.5-size random weights in the hub layout: the post's presets (LoRA bf16 with validation, full
+# fine-tuning with EMA) for 2 steps each, then stock-pipeline edits. ~20 min and ~18 GB RSS on 2 cores;
+# not part of `make test`. Results: benchmarks/results/sd15_tier.json (summarised in RESULTS.md).
+test-sd15: $(STAMP)
+	$(BIN)/python benchmarks/sd15_tier.py --work runs/sd15-tier
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
