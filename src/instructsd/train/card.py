@@ -16,8 +16,12 @@ def write_model_card(folder: Path, cfg: TrainConfig, expanded: bool, losses: lis
     start = "4-channel Stable Diffusion, conv_in expanded to 8 channels (weight and bias kept, new channels zero)" if expanded \
         else "8-channel InstructPix2Pix checkpoint, fine-tuned as is"
     config = "\n".join(f"{k}: {json.dumps(v)}" for k, v in to_dict(cfg).items())
-    method = f"LoRA rank {cfg.lora_rank} on {', '.join(cfg.lora_target_modules)} + full conv_in, merged" if cfg.lora_rank \
-        else "full fine-tuning"
+    method = "full fine-tuning"
+    if cfg.lora_rank:
+        from instructsd.models.lora import trains_conv_in
+
+        conv_in = " + full conv_in" if trains_conv_in(cfg.lora_train_conv_in, expanded) else ""
+        method = f"LoRA rank {cfg.lora_rank} on {', '.join(cfg.lora_target_modules)}{conv_in}, merged"
     scores = ""
     if validation_log is not None and validation_log.is_file():
         lines = validation_log.read_text().splitlines()

@@ -53,9 +53,10 @@ class TrainConfig:
     ema_decay: float = opt(0.9999, "EMA decay (warmed up as min(decay, (1 + step) / (10 + step))).")
     ema_on_cpu: bool = opt(False, "Keep the EMA weights in CPU memory (saves one UNet of GPU memory, costs a transfer per step).")
     # --- LoRA (Hu et al. 2021) via peft ------------------------------------------------------
-    lora_rank: int = opt(0, "LoRA rank on the UNet attention projections (0 = full fine-tuning); conv_in is always trained fully.")
+    lora_rank: int = opt(0, "LoRA rank on the UNet attention projections (0 = full fine-tuning).")
     lora_alpha: Optional[float] = opt(None, "LoRA alpha (scale = alpha / rank); null = rank.")
     lora_target_modules: list = opt(["to_q", "to_k", "to_v", "to_out.0"], "UNet module names that get LoRA adapters.")
+    lora_train_conv_in: Optional[bool] = opt(None, "Also train conv_in fully beside the adapters; null = only when conv_in was expanded from a 4-channel start.")
     # --- objective (InstructPix2Pix, Brooks et al. 2023, sec. 3.2.1) --------------------------
     drop_text_prob: float = opt(0.05, "Probability of replacing only the instruction with the empty prompt (enables text CFG).")
     drop_image_prob: float = opt(0.05, "Probability of zeroing only the input-image latents (enables image CFG).")

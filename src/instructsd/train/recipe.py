@@ -161,9 +161,10 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     vae, text_encoder = parts.vae.requires_grad_(False).eval(), parts.text_encoder.requires_grad_(False).eval()
     lora = cfg.lora_rank > 0
     if lora:
-        from instructsd.models.lora import add_lora
+        from instructsd.models.lora import add_lora, trains_conv_in
 
-        add_lora(unet, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_target_modules))
+        add_lora(unet, cfg.lora_rank, cfg.lora_alpha, list(cfg.lora_target_modules),
+                 train_conv_in=trains_conv_in(cfg.lora_train_conv_in, expanded))
     trainable = [p for p in unet.parameters() if p.requires_grad]
     unet.train()
     if cfg.gradient_checkpointing:
