@@ -172,6 +172,8 @@ def test_flags_that_cannot_be_honoured_stop_the_run_all_named():
     for flag in ("--revision", "--lr_scheduler: 'polynomial'", "--report_to: 'comet_ml'", "--resume_from_checkpoint",
                  "--conditioning_dropout_prob: 1.5"):
         assert flag in message
+    with pytest.raises(InstructSDError, match="--train_data_dir: instructsd reads a saved dataset folder, not an imagefolder"):
+        translate(["--pretrained_model_name_or_path=m", "--train_data_dir=photos", "--max_train_steps=1"])
 
 
 def test_unknown_flags_and_missing_required_ones_are_errors(capsys):

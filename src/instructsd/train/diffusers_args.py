@@ -97,7 +97,7 @@ def _dropout(p, a, ctx):
 def _seed(v, a, ctx):
     if v is None:
         default = _config_defaults()["seed"]
-        return {"seed": default}, f"the script stops without --seed (its dropout generator needs one); {default} is instructsd's default"
+        return {"seed": default}, f"the script stops without --seed (it seeds a generator with it at start-up); {default} is instructsd's default"
     return {"seed": v}, ""
 
 
