@@ -37,12 +37,12 @@ class PairRule:
         try:
             regex = re.compile(self.input)
         except re.error as err:
-            raise InstructSDError(f"pair rule input {self.input!r} is not a valid regular expression ({err})") from None
+            raise InstructSDError(f"pair rule input '{self.input}' is not a valid regular expression ({err})") from None
         for name in _FIELD.findall(self.target):
             known = name in regex.groupindex or (name.isdigit() and int(name) <= regex.groups)
             if not known:
                 raise InstructSDError(
-                    f"pair rule target {self.target!r} uses {{{name}}} but input {self.input!r} has "
+                    f"pair rule target '{self.target}' uses {{{name}}} but input '{self.input}' has "
                     f"{regex.groups} group(s){' named ' + ', '.join(regex.groupindex) if regex.groupindex else ''}"
                 )
         # The template read backwards: which names a target of this rule can have.

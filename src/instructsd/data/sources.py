@@ -277,7 +277,7 @@ def _mismatch(where: str, unmatched: list[tuple[str, str]]) -> InstructSDError:
     by_why: dict[str, list[str]] = {}
     for key, why in unmatched:
         by_why.setdefault(why.split(" (")[0].split(" in ")[0], []).append(key)
-    parts = [f"{len(keys)} {why} (e.g. {', '.join(keys[:3])})" for why, keys in by_why.items()]
+    parts = [f"{why}: {len(keys)} (e.g. {', '.join(keys[:3])})" for why, keys in sorted(by_why.items())]
     return InstructSDError(
         f"paired images in {where} do not match by name: {'; '.join(parts)}; rename or remove them, give a "
         "'pair' rule ({input: REGEX, target: TEMPLATE}), or set unmatched: skip to build without "
