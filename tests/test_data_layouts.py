@@ -261,3 +261,9 @@ def test_a_layout_trains_and_is_scored_on_its_test_split(name, tiny_model, tmp_p
     n_test = len(LAYOUTS[name][1]) - sum(1 for a, _ in LAYOUTS[name][1] if "/our485/" in a or "/train_c/" in a
                                          or "/val_c/" in a)
     assert len({r["index"] for r in doc["per_image"]}) == n_test  # every test pair, none of train
+    if name == "dpdd":  # compare reads the same split by name
+        assert run(["compare", "--models", str(tmp_path / "run" / "final"), "--dataset", str(ds), "--split", "test",
+                    "--out", str(tmp_path / "cmp"), "--steps", "1", "--sweep", "", "--clip", "none", "--dino", "none",
+                    "--lpips", "none", "--device", "cpu"]) == 0, capsys.readouterr().err
+        doc = json.loads((tmp_path / "cmp" / "metrics.json").read_text())
+        assert doc["config"]["split"] == "test" and len(doc["config"]["rows"]) == n_test
