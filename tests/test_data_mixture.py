@@ -164,10 +164,12 @@ def test_post_column_layouts(photos, tmp_path):
     mix = _mix(columns={"input_image": "original_image", "edited_image": "cartoonized_image"},
                components=[{"task": "cartoonize", "source": {"folder": str(photos)}, "teacher": "cartoonizer"}])
     ds = build_mixture(parse_mixture(mix), tmp_path / "a", progress=False)
-    assert ds["train"].column_names == ["original_image", "edit_prompt", "cartoonized_image", "task", "source"]
+    assert ds["train"].column_names == ["original_image", "edit_prompt", "cartoonized_image", "task", "source",
+                                         "group", "part"]
     mix["columns"] = {"edit_prompt": "instruction", "edited_image": "ground_truth_image"}
     ds = build_mixture(parse_mixture(mix), tmp_path / "b", progress=False)
-    assert ds["train"].column_names == ["input_image", "instruction", "ground_truth_image", "task", "source"]
+    assert ds["train"].column_names == ["input_image", "instruction", "ground_truth_image", "task", "source",
+                                         "group", "part"]
 
 
 def test_weights_split_a_total(photos):
@@ -288,7 +290,7 @@ def test_generic_folders_match_by_name_and_refuse_mismatches(tmp_path):
     src = PairedSource(layout="folders", input=str(tmp_path / "inputs"), target=str(tmp_path / "targets"))
     assert [n for n, _, _ in src.pairs] == ["img0", "img1", "img2"]
     photo(9).save(tmp_path / "inputs" / "extra.png")
-    with pytest.raises(InstructSDError, match=r"do not match by name: 1 only in .*inputs \(e.g. extra\)"):
+    with pytest.raises(InstructSDError, match=r"do not match by name: input without a target: 1 \(e.g. inputs/extra\)"):
         PairedSource(layout="folders", input=str(tmp_path / "inputs"), target=str(tmp_path / "targets"))
     with pytest.raises(InstructSDError, match="needs a 'task'"):
         parse_mixture(_mix(components=[{"paired": {"layout": "folders", "input": "a", "target": "b"}}]))
@@ -297,7 +299,7 @@ def test_generic_folders_match_by_name_and_refuse_mismatches(tmp_path):
 def test_layout_with_unpaired_files_or_no_pairs_is_an_error(tmp_path):
     _pair(tmp_path, "input", "target", "1.png", 0)
     photo(5).save(tmp_path / "input" / "2.png")
-    with pytest.raises(InstructSDError, match="only in input"):
+    with pytest.raises(InstructSDError, match="input without a target: 1"):
         PairedSource(layout="rain13k", root=str(tmp_path))
     with pytest.raises(InstructSDError, match="no lol pairs.*low/high"):
         PairedSource(layout="lol", root=str(tmp_path))

@@ -13,7 +13,8 @@ from instructsd.data.instructions import (
 )
 from instructsd.data.mixture import Mixture, load_mixture, parse_mixture
 from instructsd.data.samples import SAMPLE_FILES, sample_images
-from instructsd.data.sources import LAYOUTS, FolderSource, HubSource, PairedSource, SampleSource
+from instructsd.data.layouts import LAYOUTS, Layout, PairRule
+from instructsd.data.sources import FolderSource, HubSource, PairedSource, SampleSource
 from instructsd.data.tasks import TASKS, Task, get_task
 from instructsd.data.teachers import load_teacher
 
@@ -31,7 +32,9 @@ __all__ = [
     "FolderSource",
     "HubSource",
     "InstructionBank",
+    "Layout",
     "Mixture",
+    "PairRule",
     "PairedSource",
     "SampleSource",
     "Task",

@@ -4,7 +4,7 @@ A build has two stages:
 
 1. **Chunks.** The plan's items are cut into chunks of ``chunk_size``; each chunk is made
    (by one of ``num_proc`` worker processes) and written atomically into a *parts folder*
-   as ``chunks/<index>/{train,validation}`` (Arrow, ``save_to_disk``) plus the chunk's
+   as ``chunks/<index>/{train,validation,test}`` (Arrow, ``save_to_disk``) plus the chunk's
    ``skipped.jsonl``. A chunk that exists is complete, so rerunning a killed build skips
    the chunks already there and ends with exactly the rows of an uninterrupted build.
    With ``shard=(I, N)`` only chunks ``c`` with ``c mod N == I`` are made.
@@ -34,8 +34,9 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from instructsd.data.build import SPLITS, _datasets_progress, open_saved, samples_grid, save_atomically
-from instructsd.data.mixture import Mixture, Plan, load_mixture, make_plan, make_rows
+from instructsd.data.build import _datasets_progress, open_saved, samples_grid, save_atomically
+from instructsd.data.layouts import SPLIT_NAMES
+from instructsd.data.mixture import ROW_KEYS, Mixture, Plan, load_mixture, make_plan, make_rows
 from instructsd.errors import InstructSDError
 
 PLAN_FILE = "plan.json"
@@ -48,8 +49,7 @@ def features(mixture: Mixture) -> datasets.Features:
         cols["input_image"]: datasets.Image(),
         cols["edit_prompt"]: datasets.Value("string"),
         cols["edited_image"]: datasets.Image(),
-        "task": datasets.Value("string"),
-        "source": datasets.Value("string"),
+        **{key: datasets.Value("string") for key in ROW_KEYS},  # task, source, group, part
     })
 
 
@@ -143,7 +143,8 @@ def _chunk_name(c: int) -> str:
 def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: bool) -> None:
     """Create ``parts`` or check that it belongs to this plan (then its chunks are reused)."""
     meta = {"fingerprint": plan.fingerprint(), "n_chunks": plan.n_chunks, "n_items": plan.n_items,
-            "shard": list(shard), "mixture": json.loads(json.dumps(dict(plan.mixture.raw), default=str))}
+            "shard": list(shard), "mixture": json.loads(json.dumps(dict(plan.mixture.raw), default=str)),
+            "skipped": plan.skipped}
     plan_file = parts / PLAN_FILE
     if parts.exists():
         if not plan_file.is_file():
@@ -180,7 +181,7 @@ def write_chunk(plan: Plan, c: int, parts: Path) -> None:
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        for split in SPLITS:
+        for split in SPLIT_NAMES:
             data = [row for s, row in rows if s == split]
             if data:  # an empty split is no folder: datasets cannot reload a 0-row save
                 datasets.Dataset.from_list(data, features=feats).save_to_disk(str(tmp / split))
@@ -234,11 +235,13 @@ def join_parts(
     feats = features(Mixture(components=(), columns=_columns(meta["mixture"])))
     with _datasets_progress(progress):
         dataset = datasets.DatasetDict()
-        for split in SPLITS:
+        for split in SPLIT_NAMES:
             pieces = [datasets.load_from_disk(str(p / split)) for p in order if (p / split).is_dir()]
-            dataset[split] = (datasets.concatenate_datasets(pieces) if pieces else
-                              datasets.Dataset.from_dict({k: [] for k in feats}, features=feats))
-    skipped = "".join((p / "skipped.jsonl").read_text() for p in order)
+            if pieces or split != "test":  # a test split only where the sources have one
+                dataset[split] = (datasets.concatenate_datasets(pieces) if pieces else
+                                  datasets.Dataset.from_dict({k: [] for k in feats}, features=feats))
+    skipped = "".join(json.dumps(s) + "\n" for s in meta.get("skipped", []))
+    skipped += "".join((p / "skipped.jsonl").read_text() for p in order)
     mixture_raw = meta["mixture"]
 
     def write(folder: Path) -> None:
@@ -265,7 +268,7 @@ def sample_rows(dataset: datasets.DatasetDict, mixture_raw: dict) -> dict[str, l
     """Up to four (input, edited) arrays per task, from train (validation if train lacks it)."""
     cols = _columns(mixture_raw)
     grid: dict[str, list] = {}
-    for split in SPLITS:
+    for split in dataset:
         tasks = dataset[split]["task"]
         for i, task in enumerate(tasks):
             if len(grid.setdefault(task, [])) < _GRID_EXAMPLES:
@@ -278,7 +281,8 @@ def sample_rows(dataset: datasets.DatasetDict, mixture_raw: dict) -> dict[str, l
 def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
     """README.md: how it was made, counts per split and task, skips, parameters, examples."""
     cols = _columns(mixture_raw)
-    counts = {split: Counter(dataset[split]["task"]) for split in SPLITS}
+    splits = list(dataset)
+    counts = {split: Counter(dataset[split]["task"]) for split in splits}
     tasks = sorted(set().union(*counts.values()))
     skip_rows = [json.loads(line) for line in skipped.splitlines() if line.strip()]
     reasons = Counter(r["reason"].split(";")[0][:100] for r in skip_rows)
@@ -289,15 +293,16 @@ def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
         f"{mixture_raw.get('size', 256)} px, instruction policy "
         f"`{mixture_raw.get('instructions', 'sampled')}`). Load with `datasets.load_from_disk(path)`.",
         "",
-        "Columns: " + ", ".join(f"`{c}`" for c in (*cols.values(), "task", "source"))
+        "Columns: " + ", ".join(f"`{c}`" for c in (*cols.values(), *ROW_KEYS))
         + (". `deferred` rows have an empty instruction: the trainer samples a paraphrase of "
            "the row's `task` each time it uses the row." if mixture_raw.get("instructions") == "deferred" else "."),
         "",
-        "| task | " + " | ".join(SPLITS) + " |",
-        "|---|" + "---|" * len(SPLITS),
+        "| task | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
     ]
-    lines += [f"| {t} | " + " | ".join(str(counts[s][t]) for s in SPLITS) + " |" for t in tasks]
-    lines += [f"| **all** | " + " | ".join(str(len(dataset[s])) for s in SPLITS) + " |", ""]
+    lines += [f"| {t} | " + " | ".join(str(counts[s][t]) for s in splits) + " |" for t in tasks]
+    lines += [f"| **all** | " + " | ".join(str(len(dataset[s])) for s in splits) + " |", ""]
+    lines += _splits_note(dataset)
     lines += ["## Components (the mixture, as given)", "", "```yaml",
               yaml.safe_dump(mixture_raw.get("components", []), sort_keys=False).rstrip(), "```", ""]
     from instructsd.data.degradations import DEGRADATIONS
@@ -317,6 +322,20 @@ def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
     lines += [f"- {n} × {reason}" for reason, n in reasons.most_common(10)]
     lines += ["", "## Examples (input | edited)", "", "![samples](samples.png)", ""]
     return "\n".join(lines)
+
+
+def _splits_note(dataset: datasets.DatasetDict) -> list[str]:
+    """Where each split's rows come from: official parts, or carved by group (issue 12)."""
+    lines = ["## Splits", "",
+             "Official parts of paired datasets keep their split (`part` column); `validation` rows "
+             "without a part are carved from training pairs by group (`group` column: sequence, scene "
+             "or photo), so no group is in two splits.", "",
+             "| split | official parts (rows) | groups |", "|---|---|---|"]
+    for split, ds in dataset.items():
+        parts = Counter(p for p in ds["part"] if p)
+        named = ", ".join(f"{p} ({n})" for p, n in sorted(parts.items())) or "—"
+        lines.append(f"| {split} | {named} | {len(set(ds['group']))} |")
+    return lines + [""]
 
 
 # --- export --------------------------------------------------------------------------------

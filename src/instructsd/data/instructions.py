@@ -30,8 +30,10 @@ from instructsd.errors import InstructSDError
 
 BANK_TASKS: tuple[str, ...] = (
     "denoise", "lowlight", "deblur", "cartoonize", "derain", "dehaze", "jpeg", "whitebalance",
+    "retouch",
 )
-"""Tasks with a shipped bank, in the order of :data:`instructsd.data.tasks.TASKS`."""
+"""Tasks with a shipped bank, in the order of :data:`instructsd.data.tasks.TASKS`, then the
+tasks only paired data teaches (``retouch``: MIT-Adobe FiveK)."""
 
 COMPOUND_SEP = "+"
 """Joins task names of a compound task, in the order the degradations were applied."""

@@ -18,7 +18,7 @@ such components and how many pairs each contributes::
         teacher: cartoonizer            # or module:function, {diffusers: DIR}, {onnx: FILE}
         weight: 1
       - paired: {layout: reds, root: /data/REDS}      # task from the layout: deblur
-        count: 1200
+        count: 1200                                   # training pairs; REDS val -> test
       - source: {dataset: frgfm/imagenette, split: train, streaming: true, limit: 500}
         degradations: [blur, {name: gaussian_noise, sigma: [5, 25]}]   # task deblur+denoise
         count: 500
@@ -28,6 +28,13 @@ target), ``teacher`` (photo -> teacher's output), ``paired`` (input and target f
 built-in ``task`` of :data:`instructsd.data.tasks.TASKS` applied to ``source`` photos.
 Sources: ``{folder: DIR}``, ``{dataset: ID_OR_PATH, split, column, streaming, limit}``,
 ``{samples: true}``.
+
+Splits (issue 12): a paired dataset's official parts are kept -- its test (and validation)
+pairs become the ``test`` (``validation``) split, one centre crop each (``test_count`` caps
+them), never train; ``count``/``weight`` size the training part. ``validation`` is carved
+from training pairs only, by a seeded hash of the pair's *group* (sequence, scene or photo),
+unless the dataset has an official validation part. Every row records its ``group`` and
+official ``part``.
 
 Instruction policy: ``fixed`` writes the canonical instruction, ``sampled`` one paraphrase
 per row drawn at build time from the train banks, ``deferred`` writes ``""`` and leaves
@@ -66,7 +73,10 @@ CROP_SCALE = (0.5, 1.0)  # random crops: side as a fraction of the short side (a
 _TOP_KEYS = {"seed", "size", "val_fraction", "min_size", "chunk_size", "instructions",
              "columns", "total", "components"}
 _COMPONENT_KEYS = {"name", "task", "source", "paired", "teacher", "degradations", "count",
-                   "weight"}
+                   "weight", "test_count"}
+_PAIRED_KEYS = {"layout", "root", "input", "target", "pair", "unmatched"}
+ROW_KEYS = ("task", "source", "group", "part")
+"""Columns every mixture row has besides the three named by ``columns``."""
 _CROP_STREAM, _PROMPT_STREAM = 1, 3  # extra seed words: independent of the per-item stream
 
 
@@ -85,7 +95,10 @@ class Component:
     teacher: object = None
     degradations: tuple[DegradationSpec, ...] = ()
     count: int | None = None
+    """Training rows (official test/validation pairs come on top)."""
     weight: float | None = None
+    test_count: int | None = None
+    """At most this many pairs from the official test and validation parts (default: all)."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +137,8 @@ def parse_mixture(data: Mapping, where: str = "mixture") -> Mixture:
     columns = {**DEFAULT_COLUMNS, **(data.get("columns") or {})}
     _need(set(columns) == set(DEFAULT_COLUMNS), where,
           f"columns maps {', '.join(DEFAULT_COLUMNS)} to new names; got keys {sorted(columns)}")
-    _need(len(set(columns.values()) | {"task", "source"}) == 5, where,
-          f"column names must be distinct and not 'task'/'source', got {columns}")
+    _need(len(set(columns.values()) | set(ROW_KEYS)) == 3 + len(ROW_KEYS), where,
+          f"column names must be distinct and not {'/'.join(ROW_KEYS)}, got {columns}")
     size = data.get("size", 256)
     _need(isinstance(size, int) and size >= 8, where, f"size must be an integer >= 8, got {size!r}")
     vf = data.get("val_fraction", 0.1)
@@ -148,7 +161,7 @@ def parse_mixture(data: Mapping, where: str = "mixture") -> Mixture:
 
 
 def _parse_component(c: Mapping, where: str) -> Component:
-    from instructsd.data.sources import LAYOUT_TASKS
+    from instructsd.data.layouts import LAYOUT_TASKS, LAYOUTS, PairRule, layout_options
     from instructsd.data.tasks import TASKS
     from instructsd.data.teachers import check_teacher
 
@@ -159,6 +172,10 @@ def _parse_component(c: Mapping, where: str) -> Component:
     _need(count is None or weight is None, where, "give 'count' or 'weight', not both")
     _need(count is None or (isinstance(count, int) and count > 0), where, f"count must be a positive integer, got {count!r}")
     _need(weight is None or (isinstance(weight, (int, float)) and weight > 0), where, f"weight must be > 0, got {weight!r}")
+    test_count = c.get("test_count")
+    _need(test_count is None or (isinstance(test_count, int) and test_count >= 0), where,
+          f"test_count must be a non-negative integer, got {test_count!r}")
+    _need(test_count is None or "paired" in c, where, "test_count is for paired components (official test parts)")
     task = c.get("task")
     if "degradations" in c:
         _need("source" in c and "paired" not in c and "teacher" not in c, where,
@@ -170,11 +187,21 @@ def _parse_component(c: Mapping, where: str) -> Component:
     elif "paired" in c:
         _need(isinstance(c["paired"], Mapping) and "layout" in c["paired"], where,
               "paired needs a mapping with 'layout' (and 'root', or 'input' and 'target')")
-        from instructsd.data.sources import LAYOUTS
-
         layout = c["paired"]["layout"]
         _need(layout in LAYOUTS or layout == "folders", where,
               f"unknown paired layout {layout!r}; choose from: {', '.join([*LAYOUTS, 'folders'])}")
+        pair, options = _paired_keys(c["paired"])
+        try:
+            if layout != "folders":
+                layout_options(layout, options)
+            else:
+                _need(not options, where, f"paired layout 'folders' has no key(s) {sorted(options)}")
+            if pair is not None:
+                _need(isinstance(pair, Mapping) and set(pair) == {"input", "target"}, where,
+                      "pair must be {input: REGEX, target: TEMPLATE}, e.g. {input: 'low(\\d+)', target: 'normal{1}'}")
+                PairRule(**pair)
+        except InstructSDError as err:
+            raise InstructSDError(f"{where}: {err}") from None
         task = task or LAYOUT_TASKS.get(layout)
         _need(task is not None, where, "paired layout 'folders' needs a 'task'")
         kind, specs = "paired", ()
@@ -193,7 +220,12 @@ def _parse_component(c: Mapping, where: str) -> Component:
               where, "source must be one of {folder: DIR}, {dataset: ID_OR_PATH, ...}, {samples: true}")
     return Component(name=str(c.get("name", task)), task=task, kind=kind, source=c.get("source"),
                      paired=c.get("paired"), teacher=c.get("teacher"), degradations=specs,
-                     count=count, weight=weight)
+                     count=count, weight=weight, test_count=test_count)
+
+
+def _paired_keys(paired: Mapping) -> tuple[Mapping | None, dict]:
+    """A ``paired`` mapping's pairing rule, and its layout options (every other key)."""
+    return paired.get("pair"), {k: v for k, v in paired.items() if k not in _PAIRED_KEYS}
 
 
 def load_mixture(path: str | Path) -> Mixture:
@@ -216,8 +248,9 @@ def open_source(component: Component):
     from instructsd.data.sources import FolderSource, HubSource, PairedSource, SampleSource
 
     if component.kind == "paired":
-        p = dict(component.paired)
-        return PairedSource(layout=p.pop("layout"), **p)
+        _, options = _paired_keys(component.paired)
+        known = {k: v for k, v in component.paired.items() if k in _PAIRED_KEYS}
+        return PairedSource(**known, options=options)
     src = dict(component.source)
     if "folder" in src:
         return FolderSource(src["folder"])
@@ -228,14 +261,25 @@ def open_source(component: Component):
 
 @dataclass
 class Plan:
-    """What a build makes: per component its source names, item count and validation set."""
+    """What a build makes: per component its source names, items and their splits."""
 
     mixture: Mixture
     names: list[list[str]]
     counts: list[int]
+    """Per component, its items: ``n_train`` training items, then one per ``held`` pair."""
     val: list[set[int]]
+    """Per component, the source indices carved from training pairs for validation."""
     used: list[list[int]]
-    """Per component, the source indices it uses, in order: item j takes used[j mod len]."""
+    """Per component, the training source indices, in order: item j takes used[j mod len]."""
+    n_train: list[int] = field(default_factory=list)
+    held: list[list[int]] = field(default_factory=list)
+    """Per component, the source indices of its official test/validation pairs."""
+    splits: list[list[str]] = field(default_factory=list)
+    """Per component and source index, the official split (train for unsplit sources)."""
+    groups: list[list[str]] = field(default_factory=list)
+    parts: list[list[str]] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    """Source files that make no item (unpaired files of ``unmatched: skip``)."""
     _fingerprint: str = ""
 
     @property
@@ -249,8 +293,16 @@ class Plan:
     def item(self, index: int) -> tuple[int, int, int]:
         """Global item index -> (component, source index k, crop index c)."""
         ci, j = self.locate(index)
+        if j >= self.n_train[ci]:
+            return ci, self.held[ci][j - self.n_train[ci]], 0  # evaluation pairs: the centre crop
         used = self.used[ci]
         return ci, used[j % len(used)], j // len(used)
+
+    def split(self, ci: int, k: int) -> str:
+        official = self.splits[ci][k]
+        if official != "train":
+            return official
+        return "validation" if k in self.val[ci] else "train"
 
     def locate(self, index: int) -> tuple[int, int]:
         """Global item index -> (component, item within it)."""
@@ -264,7 +316,8 @@ class Plan:
         """Changes whenever the rows would: the mixture and every source name."""
         if self._fingerprint:
             return self._fingerprint
-        blob = json.dumps([_jsonable(self.mixture.raw), self.names, self.counts, self.used], sort_keys=True)
+        blob = json.dumps([_jsonable(self.mixture.raw), self.names, self.counts, self.used, self.held,
+                           self.splits, self.groups, self.parts, self.skipped], sort_keys=True)
         self._fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
         return self._fingerprint
 
@@ -275,28 +328,48 @@ def _jsonable(x):
 
 def make_plan(mixture: Mixture) -> Plan:
     """Resolve every source and count; raises before any image is processed."""
-    names, counts, val, used = [], [], [], []
+    plan = Plan(mixture, [], [], [], [])
     sources = [open_source(c) for c in mixture.components]
     weights = sum(c.weight for c in mixture.components if c.weight is not None)
-    for ci, (comp, source) in enumerate(zip(mixture.components, sources)):
-        n = len(source.names)
+    for comp, source in zip(mixture.components, sources):
+        names = list(source.names)
+        n = len(names)
         if n == 0:
             raise InstructSDError(f"component {comp.name!r}: its source has no images")
+        # Paired datasets say which split each pair is in and which pairs go together
+        # (a video's frames, a scene's shots); a photo is its own group.
+        splits = list(getattr(source, "splits", ["train"] * n))
+        groups = list(getattr(source, "groups", names))
+        train = [k for k in range(n) if splits[k] == "train"]
         if comp.count is not None:
             count = comp.count
         elif comp.weight is not None:
             count = max(1, round(mixture.total * comp.weight / weights))
         else:
-            count = n  # one pass over the source
-        names.append(list(source.names))
-        counts.append(count)
+            count = len(train)  # one pass over the training pairs
+        if count and not train:
+            raise InstructSDError(f"component {comp.name!r}: its source has no training pairs (only "
+                                  f"{', '.join(sorted(set(splits)))}); drop 'count'/'weight' to take those alone")
         # a seeded subset when count < n (not just the first files of a sorted layout)
-        order = sorted(range(n), key=lambda k: _unit_hash(mixture.seed, "order", names[-1][k]))
-        used.append(order[:min(count, n)])
-        groups = getattr(source, "groups", source.names)  # e.g. a video's frames split together
-        val.append(_val_indices([groups[k] for k in used[-1]], used[-1],
-                                mixture.val_fraction, mixture.seed))
-    return Plan(mixture, names, counts, val, used)
+        order = sorted(train, key=lambda k: _unit_hash(mixture.seed, "order", names[k]))
+        used = order[:min(count, len(train))]
+        held = sorted(k for k in range(n) if splits[k] != "train")
+        if comp.test_count is not None:
+            held = sorted(sorted(held, key=lambda k: _unit_hash(mixture.seed, "order", names[k]))[:comp.test_count])
+        # Carve validation from training pairs only, unless the dataset has its own.
+        fraction = 0.0 if "validation" in splits else mixture.val_fraction
+        plan.names.append(names)
+        plan.counts.append(count + len(held))
+        plan.n_train.append(count)
+        plan.used.append(used)
+        plan.held.append(held)
+        plan.val.append(_val_indices([groups[k] for k in used], used, fraction, mixture.seed))
+        plan.splits.append(splits)
+        plan.groups.append(groups)
+        plan.parts.append(list(getattr(source, "parts", [""] * n)))
+        plan.skipped += [{"component": comp.name, "source": key, "reason": f"unmatched: {why}"}
+                         for key, why in getattr(source, "skipped", [])]
+    return plan
 
 
 def _unit_hash(seed: int, stream: str, name: str) -> float:
@@ -309,7 +382,7 @@ def _val_indices(names: list[str], indices: list[int], fraction: float, seed: in
     """Source images held out for validation: whole images, so no crop leaks into train.
 
     An image is held out when ``u(seed, name) < fraction`` for a seeded hash ``u`` of its
-    *name* (of its sequence, for video layouts, so near-identical frames never straddle the
+    *group* name (its sequence, scene or photo, so near-identical frames never straddle the
     split): components that share photos hold out the same ones, so a photo never sits in
     train for one task and validation for another. With two or more images, at least one
     goes to validation and at least one stays in train (the extremes of ``u``).
@@ -398,7 +471,9 @@ def make_rows(plan: Plan, indices: range) -> tuple[list[tuple[str, dict]], list[
             skipped.append({**record, "reason": str(why)})
             continue
         row["source"] = f"{comp.name}/{name}"
-        rows.append(("validation" if k in plan.val[ci] else "train", row))
+        row["group"] = f"{comp.name}/{plan.groups[ci][k]}"
+        row["part"] = plan.parts[ci][k]
+        rows.append((plan.split(ci, k), row))
     return rows, skipped
 
 

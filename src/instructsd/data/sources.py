@@ -8,7 +8,8 @@ build workers -- a 10,000-image build never holds more than a chunk of them.
 - :class:`HubSource`: a ``datasets`` dataset by hub id or local path (a ``save_to_disk``
   folder, or any folder/files ``datasets.load_dataset`` reads), optionally streaming.
 - :class:`SampleSource`: the photos bundled with scikit-image (``sample_images``).
-- :class:`PairedSource`: (input, target) files in one of :data:`LAYOUTS`, matched by name.
+- :class:`PairedSource`: (input, target) files of a distributed dataset, in one of
+  :data:`~instructsd.data.layouts.LAYOUTS`, with their official splits and groups.
 
 Unreadable images raise :class:`InstructSDError` from :meth:`load`; the builder records
 them in ``skipped.jsonl`` and goes on.
@@ -17,13 +18,14 @@ them in ``skipped.jsonl`` and goes on.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from instructsd.data.images import IMAGE_EXTENSIONS, find_images, load_image, to_rgb
+from instructsd.data.images import find_images, load_image, to_rgb
+from instructsd.data.layouts import LAYOUTS, PairRule, match_folders, match_layout
 from instructsd.errors import InstructSDError
 
 @functools.cache
@@ -201,63 +203,62 @@ def _try(fn, arg):
 
 # --- paired layouts ------------------------------------------------------------------------
 
-LAYOUTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "reds": (("train_blur", "train_sharp"), ("val_blur", "val_sharp")),
-    "gopro": (("blur", "sharp"),),
-    "rain13k": (("input", "target"),),
-    "sidd": (("NOISY", "GT"),),
-    "lol": (("low", "high"),),
-}
-"""Layout -> (input folder name, target folder name) pairs. A file whose path under the root
-has a folder called like the first is paired with the file at the same path with that folder
-replaced by the second (extension may differ); any depth, e.g. ``GOPRO/train/<seq>/blur/x.png``
-<-> ``.../sharp/x.png``, ``LOL/our485/low/1.png`` <-> ``.../high/1.png``. SIDD's native
-layout (``<scene>/NOISY_SRGB_010.PNG`` beside ``GT_SRGB_010.PNG``) is matched too. The
-``folders`` layout takes two folders (``input``, ``target``) matched by relative path."""
-
-_SEQUENCE_DEPTH = {"reds": 0, "gopro": 1}
-"""Video layouts: how many folders above a frame's own folder the sequence folder is
-(REDS ``train_blur/<seq>/<frame>``: its own; GoPro ``<seq>/blur/<frame>``: one up)."""
-
-LAYOUT_TASKS = {"reds": "deblur", "gopro": "deblur", "rain13k": "derain", "sidd": "denoise",
-                "lol": "lowlight"}
-"""The task each layout's pairs teach (the post's mixture: REDS, Rain13k, SIDD, LOL)."""
+UNMATCHED = ("error", "skip")
 
 
 @dataclass
 class PairedSource:
-    """(input, target) image files matched by name; see :data:`LAYOUTS`.
+    """(input, target) image files of a distributed dataset; see :mod:`instructsd.data.layouts`.
+
+    Per pair: ``names`` (the input's path), ``groups`` (sequence, scene or photo), ``splits``
+    (official: train, validation or test) and ``parts`` (the folder that said so).
 
     Raises :class:`InstructSDError` before any work when the root is missing, the layout is
-    unknown, no pair is found, or some files have no partner (the first few are named).
+    unknown, no pair is found, or -- unless ``unmatched="skip"`` -- some files have no
+    partner (counted, the first few named). Skipped files are kept in ``unmatched``.
     """
 
     layout: str
     root: str | None = None
     input: str | None = None
     target: str | None = None
+    pair: Mapping[str, str] | None = None
+    """A pairing rule ``{input: REGEX, target: TEMPLATE}`` replacing the layout's name rules."""
+    unmatched: str = "error"
+    """``error`` | ``skip`` (files without a partner go to ``skipped.jsonl``)."""
+    options: Mapping[str, str] = field(default_factory=dict)
+    """Layout keys, e.g. FiveK's ``expert``."""
     names: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
+        rule = PairRule(**self.pair) if self.pair else None
+        if self.unmatched not in UNMATCHED:
+            raise InstructSDError(f"paired 'unmatched' must be one of {', '.join(UNMATCHED)}, got {self.unmatched!r}")
         if self.layout == "folders":
             if not (self.input and self.target):
                 raise InstructSDError("paired layout 'folders' needs 'input' and 'target' folders")
-            self.pairs = _match_folders(Path(self.input), Path(self.target))
+            found = match_folders(Path(self.input), Path(self.target), rule=rule)
+            where = f"'{self.input}' and '{self.target}'"
         elif self.layout in LAYOUTS:
             if not self.root:
                 raise InstructSDError(f"paired layout {self.layout!r} needs 'root'")
-            self.pairs = _match_layout(Path(self.root), self.layout)
+            found = match_layout(Path(self.root), self.layout, rule=rule, options=self.options)
+            where = f"'{self.root}'"
         else:
             raise InstructSDError(
                 f"unknown paired layout {self.layout!r}; choose from: {', '.join([*LAYOUTS, 'folders'])}"
             )
-        self.names = [name for name, _, _ in self.pairs]
-        # Video layouts: frames of one sequence are near-duplicates, so they share a split.
-        if self.layout in _SEQUENCE_DEPTH:
-            up = _SEQUENCE_DEPTH[self.layout]
-            self.groups = ["/".join(n.split("/")[:-1 - up]) or n for n in self.names]
-        else:
-            self.groups = self.names
+        if found.unmatched and self.unmatched == "error":
+            raise _mismatch(where, found.unmatched)
+        if not found.pairs:
+            raise InstructSDError(f"no pairs in {where}: {len(found.unmatched)} files, none with a partner "
+                                  f"(e.g. {found.unmatched[0][0]}); check the layout or give a 'pair' rule")
+        self.pairs = [(p.name, p.input, p.target) for p in found.pairs]
+        self.names = [p.name for p in found.pairs]
+        self.groups = [p.group for p in found.pairs]
+        self.splits = [p.split for p in found.pairs]
+        self.parts = [p.part for p in found.pairs]
+        self.skipped = found.unmatched
 
     def describe(self) -> str:
         where = self.root or f"{self.input} -> {self.target}"
@@ -272,66 +273,13 @@ class PairedSource:
             yield k, _try(self.load, k)
 
 
-def _stem_index(paths: Sequence[Path], root: Path) -> dict[str, Path]:
-    index: dict[str, Path] = {}
-    for p in paths:
-        key = str(p.relative_to(root).with_suffix(""))
-        if key in index:
-            raise InstructSDError(f"two files in '{root}' share the name {key} ({index[key].name}, "
-                                  f"{p.name}); keep one")
-        index[key] = p
-    return index
-
-
-def _mismatch(root: str, only_in: dict[str, list[str]]) -> InstructSDError:
-    parts = [f"{len(v)} only in {side} (e.g. {', '.join(sorted(v)[:3])})" for side, v in only_in.items() if v]
-    return InstructSDError(f"paired images in '{root}' do not match by name: {'; '.join(parts)}; "
-                           "rename or remove the unpaired files")
-
-
-def _match_folders(a: Path, b: Path) -> list[tuple[str, str, str]]:
-    for folder in (a, b):
-        if not folder.is_dir():
-            raise InstructSDError(f"paired folder '{folder}' does not exist or is not a folder")
-    ia, ib = _stem_index(find_images(a), a), _stem_index(find_images(b), b)
-    if set(ia) != set(ib):
-        raise _mismatch(f"{a}' and '{b}", {str(a): sorted(set(ia) - set(ib)),
-                                             str(b): sorted(set(ib) - set(ia))})
-    return [(k, str(ia[k]), str(ib[k])) for k in sorted(ia)]
-
-
-def _match_layout(root: Path, layout: str) -> list[tuple[str, str, str]]:
-    if not root.is_dir():
-        raise InstructSDError(f"paired dataset root '{root}' does not exist or is not a folder")
-    files = find_images(root)
-    rel = {str(p.relative_to(root).with_suffix("")): p for p in files}
-    pairs, only_in = [], {"input": [], "target": []}
-    seen_targets: set[str] = set()
-    for src, dst in LAYOUTS[layout]:
-        for key in sorted(rel):
-            parts = key.split("/")
-            if src in parts[:-1]:
-                i = len(parts) - 2 - parts[:-1][::-1].index(src)  # the deepest such folder
-                other = "/".join(parts[:i] + [dst] + parts[i + 1:])
-            elif layout == "sidd" and src in parts[-1]:
-                other = "/".join(parts[:-1] + [parts[-1].replace(src, dst)])
-            else:
-                continue
-            if other in rel:
-                pairs.append((key, str(rel[key]), str(rel[other])))
-                seen_targets.add(other)
-            else:
-                only_in["input"].append(key)
-        for key in rel:
-            parts = key.split("/")
-            if (dst in parts[:-1] or (layout == "sidd" and dst in parts[-1])) and key not in seen_targets:
-                only_in["target"].append(key)
-    if only_in["input"] or only_in["target"]:
-        raise _mismatch(str(root), only_in)
-    if not pairs:
-        names = " / ".join(f"{a}/{b}" for a, b in LAYOUTS[layout])
-        raise InstructSDError(
-            f"no {layout} pairs under '{root}': expected folders named {names} "
-            f"holding images ({' '.join(sorted(e.lstrip('.') for e in IMAGE_EXTENSIONS))})"
-        )
-    return sorted(pairs)
+def _mismatch(where: str, unmatched: list[tuple[str, str]]) -> InstructSDError:
+    by_why: dict[str, list[str]] = {}
+    for key, why in unmatched:
+        by_why.setdefault(why.split(" (")[0].split(" in ")[0], []).append(key)
+    parts = [f"{why}: {len(keys)} (e.g. {', '.join(keys[:3])})" for why, keys in sorted(by_why.items())]
+    return InstructSDError(
+        f"paired images in {where} do not match by name: {'; '.join(parts)}; rename or remove them, give a "
+        "'pair' rule ({input: REGEX, target: TEMPLATE}), or set unmatched: skip to build without "
+        "them (they are listed in skipped.jsonl)"
+    )
