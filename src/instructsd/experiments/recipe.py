@@ -94,8 +94,8 @@ def load_experiment(name: str | Path, overrides: list[str] | None = None) -> Exp
     path = shipped.get(str(name), Path(name))
     if not path.is_file():
         raise InstructSDError(f"unknown experiment '{name}'; use one of {', '.join(sorted(shipped))} or a YAML file")
-    data = read_yaml(path)
-    data.update(parse_overrides(overrides or []))
+    data = read_yaml(path, ExperimentConfig)
+    data.update(parse_overrides(overrides or [], ExperimentConfig))
     return from_dict(ExperimentConfig, data, source=str(path))
 
 
@@ -162,7 +162,7 @@ def _train_config(cfg: ExperimentConfig, base: str, data: Path, out: Path, stage
     from instructsd.train.config import TrainConfig
 
     preset = presets().get(cfg.train_preset, Path(cfg.train_preset))
-    values = {**read_yaml(preset), **cfg.train_overrides, "base_model": base, "dataset": str(data),
+    values = {**read_yaml(preset, TrainConfig), **cfg.train_overrides, "base_model": base, "dataset": str(data),
               "output_dir": str(out), "max_train_steps": cfg.steps_per_stage, "seed": cfg.seed + stage}
     return from_dict(TrainConfig, values, source=f"{preset} + experiment")
 
