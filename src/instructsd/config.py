@@ -272,9 +272,12 @@ def read_yaml(path: str | Path, cls: type | None = None) -> dict[str, Any]:
         raise InstructSDError(f"config '{path}' must be a mapping of key: value")
     hints = typing.get_type_hints(cls) if cls is not None else {}
     for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else []:
-        key = key_node.value
-        if (value_node.tag == _BOOL_TAG and value_node.style is None and key in hints
-                and _wants_text(hints[key]) and value_node.value in _YAML11_BOOLS[data[key]]):
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        read_as = data.get(key) if key in hints else None
+        # The word is restored only where it is what YAML turned into this very value (a key
+        # given twice keeps YAML's last-wins reading).
+        if (isinstance(read_as, bool) and value_node.tag == _BOOL_TAG and value_node.style is None
+                and _wants_text(hints[key]) and value_node.value in _YAML11_BOOLS[read_as]):
             data[key] = value_node.value
     return data
 
