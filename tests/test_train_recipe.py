@@ -157,7 +157,7 @@ def test_images_that_fail_to_decode_are_skipped_until_too_many(tiny_model, datas
 
 @pytest.mark.parametrize("override, message", [
     ("task_weights={denoise: -1}", "task_weights must map task names to non-negative numbers"),
-    ("task_weights=3", "task_weights must map"),
+    ("task_weights=3", "config key 'task_weights': expected a mapping"),
     ("lora_rank=-1", "lora_rank must be >= 0"),
     ("lora_target_modules=[]", "lora_target_modules must be a non-empty list"),
     ("snr_gamma=0", "snr_gamma must be > 0"),

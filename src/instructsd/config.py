@@ -8,6 +8,7 @@ one-line doc. Validation lives in the class's ``__post_init__`` and raises
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import types
@@ -36,12 +37,80 @@ def presets() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
+# How a config value is read (issue 11, item 4): by the field's declared type, never by what
+# the text happens to look like. YAML alone gets this wrong: it reads ``no`` as False and
+# ``123`` as an int whatever the field holds, so ``mixed_precision=no`` used to be refused.
+_NONE_WORDS = ("null", "none", "~", "")
+"""Override text that means None, for Optional fields only (case-insensitive)."""
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+"""Override text a bool field accepts (case-insensitive)."""
+_YAML11_BOOLS = {
+    True: ("yes", "Yes", "YES", "on", "On", "ON", "true", "True", "TRUE"),
+    False: ("no", "No", "NO", "off", "Off", "OFF", "false", "False", "FALSE"),
+}
+"""The plain words PyYAML (YAML 1.1) turns into booleans; the only ones ever read back as text."""
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+def _arms(hint: Any) -> tuple[list[Any], bool]:
+    """A hint's non-None alternatives, and whether None is allowed."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        return [a for a in args if a is not type(None)], type(None) in args
+    return [hint], False
+
+
+def _wants_text(hint: Any) -> bool:
+    """True for str fields and Literal-of-strings fields (optionally Optional)."""
+    arms, _ = _arms(hint)
+    return all(
+        arm is str or (typing.get_origin(arm) is typing.Literal and all(isinstance(c, str) for c in typing.get_args(arm)))
+        for arm in arms
+    )
+
+
+def _describe(hint: Any) -> str:
+    """The expected type, in the words of an error message."""
+    arms, optional = _arms(hint)
+    names = []
+    for arm in arms:
+        if typing.get_origin(arm) is typing.Literal:
+            names.append("one of " + ", ".join(map(str, typing.get_args(arm))))
+        elif arm is bool:
+            names.append("bool (true/false, yes/no, on/off, 1/0)")
+        elif arm is float:
+            names.append("a number")
+        else:
+            names.append(getattr(typing.get_origin(arm) or arm, "__name__", str(arm)))
+    return " or ".join(names) + (" or null" if optional else "")
+
+
+def _bool_as_text(value: bool, hint: Any, key: str) -> str:
+    """A bool that reached a text field: YAML 1.1 read an unquoted yes/no/on/off as a boolean.
+
+    For a Literal field the word is recovered when exactly one of its choices is such a word for
+    that boolean (``mixed_precision: no`` → "no"); the spelling itself is lost by then, so for a
+    plain str field (any word could have been meant) the user is asked to quote it.
+    """
+    arms, _ = _arms(hint)
+    choices = [c for arm in arms if typing.get_origin(arm) is typing.Literal for c in typing.get_args(arm)]
+    matches = [c for c in choices if c in _YAML11_BOOLS[value]]
+    if len(matches) == 1:
+        return matches[0]
+    raise InstructSDError(
+        f"config key '{key}': expected {_describe(hint)}, got the boolean {str(value).lower()} (YAML reads "
+        f"unquoted yes/no/on/off/true/false as booleans); quote the word you mean, e.g. {key}: \"{_YAML11_BOOLS[value][0]}\""
+    )
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a type hint (converting int→float and list→tuple)."""
+    """Check ``value`` against a type hint (converting int→float, list→tuple, bool words→bool)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(hint):
             return None
+        if isinstance(value, bool) and _wants_text(hint):
+            return _coerce(_bool_as_text(value, hint, key), hint, key)
         errors = []
         for arm in typing.get_args(hint):
             if arm is type(None):
@@ -50,31 +119,95 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, arm, key)
             except InstructSDError as err:
                 errors.append(str(err))
-        raise InstructSDError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+        raise InstructSDError(errors[0] if len(errors) == 1 else f"config key '{key}': expected {_describe(hint)}, got {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, bool) and _wants_text(hint):
+            value = _bool_as_text(value, hint, key)
         if value not in choices:
             raise InstructSDError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
         return value
-    if origin in (tuple, list):
+    if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise InstructSDError(f"config key '{key}': expected a list, got {value!r}")
+            raise InstructSDError(f"config key '{key}': expected a list, e.g. [a, b], got {value!r}")
         args = typing.get_args(hint)
         inner = args[0] if args else Any
         items = [_coerce(v, inner, key) for v in value] if inner is not Any else list(value)
-        return tuple(items) if origin is tuple else items
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
+        return tuple(items) if tuple in (origin, hint) else items
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise InstructSDError(f"config key '{key}': expected a mapping, e.g. {{a: 1, b: 2}}, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+            return bool(value)
+    if hint is str and isinstance(value, bool):
+        _bool_as_text(value, hint, key)  # always raises: a plain str field cannot know the word
+    if hint is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         # YAML 1.1 reads "5e-5" (no dot) as a string; accept the float the user meant.
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             raise InstructSDError(f"config key '{key}': expected a number, got {value!r}") from None
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise InstructSDError(f"config key '{key}': expected a finite number, got {value!r}")
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise InstructSDError(f"config key '{key}': expected {hint.__name__}, got {value!r}")
+            raise InstructSDError(f"config key '{key}': expected {_describe(hint)}, got {value!r}")
     return value
+
+
+def _from_text(raw: str, hint: Any, key: str) -> Any:
+    """Read one ``key=value`` override's text as the field's type (before :func:`_coerce` checks it).
+
+    str and Literal-of-strings fields take the text verbatim; bool fields a word of
+    ``_BOOL_WORDS``; int and float fields a number (``5e-5`` included); Optional fields also
+    null/none/~/empty; lists and mappings YAML flow syntax (``[a, b]``, ``{a: 1}``).
+    """
+    arms, optional = _arms(hint)
+    expected = _describe(hint)
+    if optional and raw.strip().lower() in _NONE_WORDS:
+        return None
+    if len(arms) > 1:
+        for arm in arms:
+            try:
+                return _coerce(_from_text(raw, arm, key), arm, key)
+            except InstructSDError:
+                continue
+        raise InstructSDError(f"config key '{key}': expected {expected}, got {raw!r}")
+    (arm,) = arms
+    if _wants_text(arm):
+        return raw
+    if typing.get_origin(arm) is typing.Literal:
+        return next((c for c in typing.get_args(arm) if str(c) == raw.strip()), raw)
+    if arm is bool:
+        word = raw.strip().lower()
+        if word not in _BOOL_WORDS:
+            raise InstructSDError(f"config key '{key}': expected {expected}, got {raw!r}")
+        return _BOOL_WORDS[word]
+    if arm in (int, float):
+        try:
+            return arm(raw.strip())
+        except ValueError:
+            raise InstructSDError(f"config key '{key}': expected {expected}, got {raw!r}") from None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        shape = typing.get_origin(arm) or arm
+        example = f"{key}={{a: 1, b: 2}}" if shape is dict else f"{key}=[a, b]"
+        raise InstructSDError(
+            f"config key '{key}': {raw!r} is not valid YAML flow syntax ({_yaml_problem(err)}); "
+            f"expected {expected}, e.g. {example}"
+        ) from None
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error on one line: its problem and, when known, where."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
@@ -90,29 +223,62 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     return cls(**values)
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Turn ``["lr=1e-4", "use_ema=true"]`` into typed values (parsed as YAML scalars)."""
+def parse_overrides(items: list[str], cls: type) -> dict[str, Any]:
+    """Turn ``["learning_rate=1e-4", "mixed_precision=no"]`` into values typed by ``cls``'s fields.
+
+    Each value is read as its field's declared type (see :func:`_from_text`), so a str field
+    keeps ``yes`` or ``123`` as text and ``mixed_precision=no`` stays the string "no".
+    """
+    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise InstructSDError(f"override '{item}' is not of the form key=value")
-        out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        if key not in known:
+            raise InstructSDError(
+                f"unknown config key '{key}' in the key=value overrides; known keys: {', '.join(known)}"
+            )
+        out[key] = _from_text(raw, hints[key], key)
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, cls: type | None = None) -> dict[str, Any]:
+    """A config file's top-level mapping.
+
+    With ``cls``: a top-level value that YAML 1.1 read as a boolean only because it is an
+    unquoted yes/no/on/off/true/false word (``mixed_precision: no``) is given back as the word
+    written, exactly as spelled, when ``cls`` declares that field as text (str or a Literal of
+    strings). Quoted values, bool fields and values nested inside lists or mappings are left
+    as YAML read them.
+    """
     path = Path(path)
     if not path.is_file():
         raise InstructSDError(
             f"config '{path}' not found; pass a YAML file or one of the presets: {', '.join(sorted(presets()))}"
         )
+    loader = yaml.SafeLoader(path.read_text())
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
     except yaml.YAMLError as err:
-        raise InstructSDError(f"config '{path}' is not valid YAML: {err}") from err
+        raise InstructSDError(f"config '{path}' is not valid YAML: {_yaml_problem(err)}") from None
+    finally:
+        loader.dispose()
+    data = data or {}
     if not isinstance(data, dict):
         raise InstructSDError(f"config '{path}' must be a mapping of key: value")
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+    for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else []:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        read_as = data.get(key) if key in hints else None
+        # The word is restored only where it is what YAML turned into this very value (a key
+        # given twice keeps YAML's last-wins reading).
+        if (isinstance(read_as, bool) and value_node.tag == _BOOL_TAG and value_node.style is None
+                and _wants_text(hints[key]) and value_node.value in _YAML11_BOOLS[read_as]):
+            data[key] = value_node.value
     return data
 
 
@@ -123,16 +289,9 @@ def load_config(cls: type[T], source: str | Path | None = None, overrides: list[
     if source:
         named = presets()
         path = named.get(str(source), Path(source))
-        data.update(read_yaml(path))
+        data.update(read_yaml(path, cls))
         label = str(path)
-    extra = parse_overrides(overrides or [])
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(extra) - known)
-    if unknown:
-        raise InstructSDError(
-            f"unknown config key '{unknown[0]}' in the key=value overrides; known keys: {', '.join(sorted(known))}"
-        )
-    data.update(extra)
+    data.update(parse_overrides(overrides or [], cls))
     return from_dict(cls, data, source=label)
 
 

@@ -9,8 +9,10 @@ with :func:`save_png`, so a downloaded PNG says how it was made. Gradio is an op
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +78,17 @@ def _examples(run_dir: Path) -> list[list[str]]:
     return rows
 
 
+def _number(value, label: str) -> float:
+    """A finite number from a form field, or a message naming the field (NaN included)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InstructSDError(f"{label} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InstructSDError(f"{label} must be a finite number, got {value!r}")
+    return number
+
+
 def make_edit_fn(pipe, model_name: str, run_dir: Path, limits: DemoLimits):
     """The request handler: (upload path, instruction, params) → (gallery items, download paths)."""
     gr = _import_gradio()
@@ -86,23 +99,30 @@ def make_edit_fn(pipe, model_name: str, run_dir: Path, limits: DemoLimits):
             raise gr.Error("Upload an image first.")
         if not instruction or not instruction.strip():
             raise gr.Error("Type an instruction, e.g. “Cartoonize the image.”")
-        num_outputs = max(1, min(int(num_outputs), limits.max_outputs))
-        steps = max(1, min(int(steps), limits.max_steps))
         try:
+            # Requests can come from the HTTP API as well as the sliders: anything may arrive.
+            num_outputs = max(1, min(int(_number(num_outputs, "Number of edits")), limits.max_outputs))
+            steps = max(1, min(int(_number(steps, "Steps")), limits.max_steps))
+            first_seed = int(_number(seed, "Seed"))
             image = read_image(image_path, max_pixels=limits.max_pixels)
+            # Guidance is passed on as given: edit_images applies eq. 3 at any finite scale >= 0
+            # and EditSettings refuses the rest, naming the guidance (issue 11, item 7).
             settings = EditSettings(
-                num_inference_steps=steps, image_guidance_scale=float(image_guidance), guidance_scale=float(guidance),
+                num_inference_steps=steps, image_guidance_scale=_number(image_guidance, "Image guidance"),
+                guidance_scale=_number(guidance, "Text guidance"),
                 scheduler=scheduler, max_side=limits.max_side, highres="residual" if highres else "off",
             )
         except InstructSDError as err:  # a clear message in the page, never a crash
             raise gr.Error(str(err).replace(str(Path(image_path).parent) + os.sep, "")) from err
-        seeds = [int(seed) + k for k in range(num_outputs)]
+        seeds = [first_seed + k for k in range(num_outputs)]
         results = edit_images(pipe, [image] * num_outputs, [instruction.strip()] * num_outputs, settings, seeds=seeds)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        # One name per request: two requests in the same second (same seed) must not overwrite
+        # each other's downloads.
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         paths = []
         for s, result in zip(seeds, results):
             meta = {"model": model_name, "instruction": instruction.strip(), "seed": s, **dataclasses.asdict(settings)}
-            paths.append(str(save_png(result, out_dir / f"{stamp}-{os.getpid()}-{s}.png", meta)))
+            paths.append(str(save_png(result, out_dir / f"{stamp}-{s}.png", meta)))
         return [(p, f"seed {s}") for p, s in zip(paths, seeds)], paths
 
     return edit
@@ -128,9 +148,11 @@ def build_demo(pipe, model_name: str, run_dir: str | Path, limits: DemoLimits = 
                 with gr.Accordion("Parameters", open=False):
                     steps = gr.Slider(1, limits.max_steps, value=min(defaults.num_inference_steps, limits.max_steps), step=1,
                                       label="Steps")
-                    image_guidance = gr.Slider(1.0, 3.0, value=defaults.image_guidance_scale, step=0.1,
+                    # Every value on these sliders is applied (eq. 3 at any scale >= 0, instructsd.edit.guidance),
+                    # below 1 too, where the stock pipeline would ignore both.
+                    image_guidance = gr.Slider(0.0, 5.0, value=defaults.image_guidance_scale, step=0.1,
                                                label="Image guidance (higher stays closer to the input)")
-                    guidance = gr.Slider(1.0, 15.0, value=defaults.guidance_scale, step=0.5,
+                    guidance = gr.Slider(0.0, 20.0, value=defaults.guidance_scale, step=0.5,
                                          label="Text guidance (higher follows the instruction harder)")
                     scheduler = gr.Dropdown(["auto", *SCHEDULERS], value=defaults.scheduler, label="Scheduler")
                     seed = gr.Number(value=0, precision=0, label="Seed")

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from instructsd.cli.common import split_csv
+from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
 
 # `--models A B C`: click options take one value each, so the values after the first arrive
 # as extra arguments; the command reads them from the context (see compare_cmd).
@@ -24,9 +25,9 @@ def compare_cmd(
                                                      "(the dataset's ground truth is always shown and scored)."),
     out: Path = typer.Option(Path("runs/compare"), help="Run folder: images/, metrics.csv, metrics.json, report.html."),
     per_task: Optional[int] = typer.Option(None, help="Compare at most N rows per task (spread over the split)."),
-    steps: int = typer.Option(20, help="Sampling steps."),
-    image_guidance: float = typer.Option(1.5, help="Image guidance scale."),
-    guidance: float = typer.Option(7.0, help="Text guidance scale."),
+    steps: int = typer.Option(DEFAULT_STEPS, help="Sampling steps."),
+    image_guidance: float = typer.Option(DEFAULT_IMAGE_GUIDANCE, help="Image guidance scale (any value >= 0)."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Text guidance scale (any value >= 0)."),
     seed: int = typer.Option(0, help="Base seed (row i uses seed + i for every model)."),
     sweep: str = typer.Option("1.0,1.5,2.0", help="Image-guidance scales for the CLIP trade-off curve ('' to skip)."),
     instructions: str = typer.Option("", help="Extra instruction sets for the generalisation table: seen,held_out,canonical."),
@@ -39,7 +40,7 @@ def compare_cmd(
     """Edit the same images with every model and score them all beside identity and ground truth."""
     from instructsd.edit.editor import EditSettings, default_device
     from instructsd.errors import InstructSDError
-    from instructsd.eval.compare import model_labels, run_compare
+    from instructsd.eval.compare import check_sweep, model_labels, run_compare
     from instructsd.eval.features import MetricSuite
 
     extra = [a for a in ctx.args]
@@ -50,10 +51,12 @@ def compare_cmd(
         scales = [float(s) for s in split_csv(sweep)]
     except ValueError:
         raise InstructSDError(f"--sweep takes comma-separated numbers, got '{sweep}'") from None
+    # Every setting is checked before any model loads (the sweep by the same rule, issue 11 item 7).
+    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
+    check_sweep(scales, settings)
     labelled = model_labels([*models, *extra])
     dev = device or default_device()
     suite = MetricSuite.load(clip, dino, lpips, device=dev)
-    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
     result = run_compare(labelled, dataset, out, split=split, teacher=teacher, settings=settings, per_task=per_task,
                          seed=seed, suite=suite, sweep=scales, instruction_sets=split_csv(instructions), device=dev,
                          batch_size=batch_size, title=f"Comparison on {dataset} ({split})")

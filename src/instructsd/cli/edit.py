@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
+
 
 def edit_cmd(
     model: str = typer.Option(..., help="InstructPix2Pix model: hub id or local diffusers folder."),
@@ -14,9 +16,9 @@ def edit_cmd(
     instruction: List[str] = typer.Option(..., help='What to do, e.g. "Cartoonize the image."; repeatable.'),
     out: Path = typer.Option(..., help="Output folder; or a .png file when editing one image once."),
     seed: List[int] = typer.Option([0], help="Seed; repeatable. The same seed gives the same edit."),
-    steps: int = typer.Option(20, help="Sampling steps."),
-    image_guidance: float = typer.Option(1.5, help="Image guidance scale (higher stays closer to the input)."),
-    guidance: float = typer.Option(7.0, help="Text guidance scale (higher follows the instruction harder)."),
+    steps: int = typer.Option(DEFAULT_STEPS, help="Sampling steps."),
+    image_guidance: float = typer.Option(DEFAULT_IMAGE_GUIDANCE, help="Image guidance scale (higher stays closer to the input); any value >= 0, all applied (docs/editing.md)."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Text guidance scale (higher follows the instruction harder); any value >= 0, all applied."),
     scheduler: str = typer.Option("auto", help="auto (the model's own sampler; Euler ancestral for a hub InstructPix2Pix), euler_ancestral, euler, dpmpp, ddim or unipc."),
     negative_prompt: Optional[str] = typer.Option(None, help="What the edit should avoid."),
     batch_size: int = typer.Option(1, help="Edits of one image sampled together."),

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
+
 
 def eval_cmd(
     model: str = typer.Option(..., help="InstructPix2Pix model: hub id or local diffusers folder."),
@@ -14,9 +16,9 @@ def eval_cmd(
     split: str = typer.Option("validation", help="Split to score."),
     out: Path = typer.Option(Path("runs/eval"), help="Folder for metrics.json, metrics.csv and report.html."),
     per_task: Optional[int] = typer.Option(None, help="Score at most N rows per task."),
-    steps: int = typer.Option(20, help="Sampling steps."),
-    image_guidance: float = typer.Option(1.5, help="Image guidance scale."),
-    guidance: float = typer.Option(7.0, help="Text guidance scale."),
+    steps: int = typer.Option(DEFAULT_STEPS, help="Sampling steps."),
+    image_guidance: float = typer.Option(DEFAULT_IMAGE_GUIDANCE, help="Image guidance scale (any value >= 0)."),
+    guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Text guidance scale (any value >= 0)."),
     seed: int = typer.Option(0, help="Base seed (row i uses seed + i)."),
     device: Optional[str] = typer.Option(None, help="cuda, mps or cpu."),
     clip: str = typer.Option("none", help="CLIP model (hub id or folder) for CLIP image/direction/T/I metrics, or none."),
@@ -29,10 +31,10 @@ def eval_cmd(
     from instructsd.eval.run import format_table, run_eval
     from instructsd.train.data import load_split
 
+    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
     rows = load_split(dataset, split, ["input_image", "edited_image", "edit_prompt"])
     device = device or default_device()
     pipe = load_editor(model, device=device)
-    settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
     # Without any network metric asked for, the classic PSNR / SSIM evaluation; otherwise the whole suite.
     wanted = not all(disabled(x) for x in (clip, dino, lpips))
     suite = MetricSuite.load(clip, dino, lpips, device=device) if wanted else None

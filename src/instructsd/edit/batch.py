@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,9 +123,16 @@ def parse_sweep(text: str) -> tuple[str, list[float]]:
         raise InstructSDError(f"bad --sweep '{text}': values must be numbers") from err
     if not parsed:
         raise InstructSDError(f"bad --sweep '{text}': no values")
+    if not all(math.isfinite(v) for v in parsed):
+        raise InstructSDError(f"bad --sweep '{text}': values must be finite numbers")
     field_name = SWEEP_KEYS[key]
     if field_name == "num_inference_steps":
         parsed = [int(v) for v in parsed]
+    for value in parsed:  # the rules of EditSettings (guidance: any finite value >= 0), before any edit
+        try:
+            dataclasses.replace(EditSettings(), **{field_name: value})
+        except InstructSDError as err:
+            raise InstructSDError(f"bad --sweep '{text}': {err}") from None
     return field_name, parsed
 
 
@@ -145,13 +153,16 @@ def sweep_grid(
         raise InstructSDError("give one or two --sweep options")
     rows = sweeps[0] if len(sweeps) == 2 else (None, [None])
     cols = sweeps[-1]
-    cells: list[tuple[dict, Image.Image]] = []
+    # Every cell's settings first, so a bad value fails before the first edit, not midway.
+    plan = []
     for r in rows[1]:
         for c in cols[1]:
             changes = {cols[0]: c} if r is None else {rows[0]: r, cols[0]: c}
-            cell_settings = dataclasses.replace(settings, **changes)
-            (out,) = edit_images(pipe, [image], [instruction], cell_settings, seeds=[seed])
-            cells.append((changes, out))
+            plan.append((changes, dataclasses.replace(settings, **changes)))
+    cells: list[tuple[dict, Image.Image]] = []
+    for changes, cell_settings in plan:
+        (out,) = edit_images(pipe, [image], [instruction], cell_settings, seeds=[seed])
+        cells.append((changes, out))
     w, h = cells[0][1].size
     label_h = 14
     grid = Image.new("RGB", (w * len(cols[1]), (h + label_h) * len(rows[1])), "white")

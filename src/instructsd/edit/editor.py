@@ -3,7 +3,8 @@
 The CLI, evaluation, the quickstart report and in-training validation all call
 :func:`edit_images`, so sampling and guidance never drift between them. Sampling itself is
 stock ``StableDiffusionInstructPix2PixPipeline`` (two-way classifier-free guidance,
-Brooks et al. 2023, eq. 3); this module only chooses the scheduler, sizes and seeds.
+Brooks et al. 2023, eq. 3); this module only chooses the scheduler, sizes and seeds, and
+makes the pipeline apply eq. 3 at every pair of scales (instructsd.edit.guidance).
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from diffusers import (
 )
 from PIL import Image
 
+from instructsd.edit.guidance import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_IMAGE_GUIDANCE,
+    DEFAULT_STEPS,
+    check_guidance,
+    guided_at_any_scale,
+)
 from instructsd.edit.highres import HIGHRES_METHODS
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import check_model_folder, is_local, torch_dtype
@@ -45,9 +53,12 @@ HIGHRES_MODES = ("off", *HIGHRES_METHODS)
 class EditSettings:
     """Sampling settings; defaults are the post's (20 steps, image 1.5, text 7.0)."""
 
-    num_inference_steps: int = 20
-    image_guidance_scale: float = 1.5
-    guidance_scale: float = 7.0
+    num_inference_steps: int = DEFAULT_STEPS
+    image_guidance_scale: float = DEFAULT_IMAGE_GUIDANCE
+    """s_I of eq. 3: how strongly the edit stays close to the input. Any finite value >= 0
+    is applied (instructsd.edit.guidance), also below 1 where the stock pipeline ignores it."""
+    guidance_scale: float = DEFAULT_GUIDANCE
+    """s_T of eq. 3: how strongly the edit follows the instruction; any finite value >= 0."""
     scheduler: str = "auto"
     """A name from SCHEDULERS, or 'auto': the model's own sampler when it is one of them (a
     hub InstructPix2Pix ships Euler ancestral, the post's), else Euler ancestral; Euler for
@@ -69,6 +80,7 @@ class EditSettings:
             raise InstructSDError(f"unknown scheduler '{self.scheduler}'; use auto or one of {', '.join(SCHEDULERS)}")
         if self.num_inference_steps < 1:
             raise InstructSDError("num_inference_steps must be >= 1")
+        check_guidance(self.image_guidance_scale, self.guidance_scale)
         if self.highres not in HIGHRES_MODES:
             raise InstructSDError(f"unknown highres mode '{self.highres}'; use one of {', '.join(HIGHRES_MODES)}")
         for name in ("max_side", "native_side"):
@@ -246,15 +258,16 @@ def _edit_locked(pipe, images, instructions, settings, seeds, batch_size, progre
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             generators = [torch.Generator(gen_device).manual_seed(int(seeds[i])) for i in chunk]
-            result = pipe(
-                prompt=[instructions[i] for i in chunk],
-                image=[prepared[i] for i in chunk],
-                negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
-                num_inference_steps=settings.num_inference_steps,
-                image_guidance_scale=settings.image_guidance_scale,
-                guidance_scale=settings.guidance_scale,
-                generator=generators,
-            ).images
+            with guided_at_any_scale(pipe, settings.image_guidance_scale, settings.guidance_scale):
+                result = pipe(
+                    prompt=[instructions[i] for i in chunk],
+                    image=[prepared[i] for i in chunk],
+                    negative_prompt=[settings.negative_prompt] * len(chunk) if settings.negative_prompt else None,
+                    num_inference_steps=settings.num_inference_steps,
+                    image_guidance_scale=settings.image_guidance_scale,
+                    guidance_scale=settings.guidance_scale,
+                    generator=generators,
+                ).images
             for i, out in zip(chunk, result):
                 # High-res modes: the low-resolution edit says *what* changes; the full-resolution
                 # input supplies the detail (instructsd.edit.highres).

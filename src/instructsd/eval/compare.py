@@ -114,6 +114,17 @@ def _instructions(rows: list[_Row], which: str, seed: int) -> list[str]:
     return out
 
 
+def check_sweep(sweep: Sequence[float], settings: EditSettings) -> None:
+    """Refuse an image-guidance sweep value that ``settings`` could not take, before any edit."""
+    for scale in sweep:
+        try:
+            replace(settings, image_guidance_scale=float(scale))
+        except (TypeError, ValueError):
+            raise InstructSDError(f"image-guidance sweep: {scale!r} is not a number") from None
+        except InstructSDError as err:
+            raise InstructSDError(f"image-guidance sweep: {err}") from None
+
+
 # ----------------------------------------------------------------------------
 # The run
 
@@ -156,6 +167,7 @@ def run_compare(
     out = Path(out)
     if not models and teacher is None:
         raise InstructSDError("compare needs at least one model (--models A B ...)")
+    check_sweep(sweep, settings)
     unknown = [s for s in instruction_sets if s not in INSTRUCTION_SETS]
     if unknown:
         raise InstructSDError(f"unknown instruction set '{unknown[0]}'; use some of {', '.join(INSTRUCTION_SETS[1:])}")

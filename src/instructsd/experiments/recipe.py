@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 
 from instructsd.config import from_dict, opt, parse_overrides, presets, read_yaml, save_config, to_dict
+from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, guidance_problem
 from instructsd.errors import InstructSDError
 
 TINY_PREFIX = "tiny:"
@@ -54,8 +55,8 @@ class ExperimentConfig:
     # --- evaluation -------------------------------------------------------------------------
     eval_per_task: Optional[int] = opt(4, "Validation rows per task, spread over the split (null = all).")
     eval_steps: int = opt(20, "Sampling steps for every edit.")
-    image_guidance: float = opt(1.5, "Image guidance scale (the post's 1.5).")
-    guidance: float = opt(7.0, "Text guidance scale (the post's 7.0).")
+    image_guidance: float = opt(DEFAULT_IMAGE_GUIDANCE, "Image guidance scale (the post's 1.5).")
+    guidance: float = opt(DEFAULT_GUIDANCE, "Text guidance scale (the post's 7.0).")
     sweep: list = opt([], "Image-guidance scales for the CLIP trade-off curve (needs clip).")
     instruction_sets: list = opt([], "Extra instruction sets for the generalisation table: seen, held_out, canonical.")
     clip: str = opt("none", "CLIP model for CLIP metrics (hub id or folder), or none.")
@@ -80,6 +81,11 @@ class ExperimentConfig:
         need(not fixed, f"train_overrides may not set {', '.join(sorted(fixed))}: the experiment sets them")
         need(self.stages >= 1 and self.steps_per_stage >= 1, "stages and steps_per_stage must be >= 1")
         need(self.eval_steps >= 1, "eval_steps must be >= 1")
+        # Guidance is checked now, not after the training it would be scored after (issue 11, item 7).
+        problems = [guidance_problem(self.image_guidance, self.guidance, ("image_guidance", "guidance")),
+                    *(guidance_problem(scale, self.guidance, ("sweep", "guidance")) for scale in self.sweep)]
+        problem = next((p for p in problems if p), None)
+        need(problem is None, str(problem))
 
 
 def experiment_configs() -> dict[str, Path]:
@@ -94,8 +100,8 @@ def load_experiment(name: str | Path, overrides: list[str] | None = None) -> Exp
     path = shipped.get(str(name), Path(name))
     if not path.is_file():
         raise InstructSDError(f"unknown experiment '{name}'; use one of {', '.join(sorted(shipped))} or a YAML file")
-    data = read_yaml(path)
-    data.update(parse_overrides(overrides or []))
+    data = read_yaml(path, ExperimentConfig)
+    data.update(parse_overrides(overrides or [], ExperimentConfig))
     return from_dict(ExperimentConfig, data, source=str(path))
 
 
@@ -162,7 +168,7 @@ def _train_config(cfg: ExperimentConfig, base: str, data: Path, out: Path, stage
     from instructsd.train.config import TrainConfig
 
     preset = presets().get(cfg.train_preset, Path(cfg.train_preset))
-    values = {**read_yaml(preset), **cfg.train_overrides, "base_model": base, "dataset": str(data),
+    values = {**read_yaml(preset, TrainConfig), **cfg.train_overrides, "base_model": base, "dataset": str(data),
               "output_dir": str(out), "max_train_steps": cfg.steps_per_stage, "seed": cfg.seed + stage,
               "overwrite": True}  # each run of the experiment retrains its own stage folders
     return from_dict(TrainConfig, values, source=f"{preset} + experiment")

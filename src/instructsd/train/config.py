@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from instructsd.config import opt
+from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS, guidance_problem
 from instructsd.errors import InstructSDError
 
 
@@ -72,9 +73,9 @@ class TrainConfig:
     resume: str = opt("", "Continue from 'latest' (the newest checkpoint in output_dir/checkpoints; there must be one), 'auto' (the newest if any, else start fresh) or a checkpoint folder; empty = start fresh.")
     overwrite: bool = opt(False, "Start fresh even if output_dir holds another run, replacing that run's files (a shared cache/ is kept); without it such a start is refused.")
     validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
-    validation_steps: int = opt(20, "Sampling steps for in-training validation edits.")
-    validation_image_guidance: float = opt(1.5, "Image guidance scale for in-training validation edits.")
-    validation_guidance: float = opt(7.0, "Text guidance scale for in-training validation edits.")
+    validation_steps: int = opt(DEFAULT_STEPS, "Sampling steps for in-training validation edits.")
+    validation_image_guidance: float = opt(DEFAULT_IMAGE_GUIDANCE, "Image guidance scale for in-training validation edits (any finite value >= 0).")
+    validation_guidance: float = opt(DEFAULT_GUIDANCE, "Text guidance scale for in-training validation edits (any finite value >= 0).")
     validation_scheduler: Literal["auto", "euler_ancestral", "euler", "dpmpp", "ddim", "unipc"] = opt("auto", "Sampler for in-training validation edits (auto = Euler ancestral, or Euler for prediction_type sample; or euler_ancestral, euler, dpmpp, ddim, unipc).")
     report_to: Optional[Literal["tensorboard", "wandb", "all", "none"]] = opt(None, "Trackers that also get the loss, learning rate, gradient norm, validation metrics and grids (losses.jsonl and validation.jsonl are always written): tensorboard (output_dir/tensorboard), wandb, all, none; null = tensorboard when installed.")
     num_validation_images: int = opt(4, "Validation images per task in the fixed in-training validation subset (spread over the split).")
@@ -97,6 +98,11 @@ class TrainConfig:
             need(0 <= getattr(self, key) <= 1, f"{key} must be in [0, 1]")
         need(self.checkpoint_every >= 0 and self.keep_last >= 0, "checkpoint_every and keep_last must be >= 0")
         need(self.validation_every >= 0, "validation_every must be >= 0")
+        # Checked here, not at the first validation edit thousands of steps in (issue 11, item 7).
+        need(self.validation_steps >= 1, "validation_steps must be >= 1")
+        problem = guidance_problem(self.validation_image_guidance, self.validation_guidance,
+                                   ("validation_image_guidance", "validation_guidance"))
+        need(problem is None, str(problem))
         need(self.lora_rank >= 0, "lora_rank must be >= 0")
         need(isinstance(self.lora_target_modules, list) and len(self.lora_target_modules) > 0
              and all(isinstance(m, str) for m in self.lora_target_modules),

@@ -427,7 +427,7 @@ def config_from_tokens(tokens: list[str], num_processes: int = 1):
     translation = translate(flags, Context(num_processes=num_processes, count_rows=saved_train_rows))
     if overrides:
         translation.lines.append("key=value overrides (applied last): " + " ".join(overrides))
-    values = {**translation.values, **parse_overrides(overrides)}
+    values = {**translation.values, **parse_overrides(overrides, TrainConfig)}
     return from_dict(TrainConfig, values, source=f"the translated {SCRIPT} flags and key=value overrides"), translation
 
 
