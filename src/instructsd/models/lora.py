@@ -119,7 +119,7 @@ def merge_run(run: str | Path, out: str | Path, base_model: str | None = None, o
     """
     from instructsd.models.loading import load_components
     from instructsd.models.surgery import ensure_instruct_unet
-    from instructsd.models.tiny import save_pipeline
+    from instructsd.models.saving import base_license, card_metadata, license_note, save_finetuned
 
     folder = Path(run)
     if (folder / "lora" / ADAPTER_CONFIG).is_file():
@@ -128,12 +128,16 @@ def merge_run(run: str | Path, out: str | Path, base_model: str | None = None, o
     out = Path(out)
     if out.exists() and not overwrite:
         raise InstructSDError(f"'{out}' exists; pass --overwrite or choose another --out")
-    parts = load_components(base_model or meta["base_model"])
+    base = base_model or meta["base_model"]
+    parts = load_components(base)
     unet, _ = ensure_instruct_unet(parts.unet)
     unet = merge_adapter(load_adapter(unet, folder))
-    save_pipeline(out, unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler, overwrite=True)
+    save_finetuned(out, base, unet, parts.vae, parts.text_encoder, parts.tokenizer,
+                   drop_safety_checker=meta.get("drop_safety_checker", False), prediction_type=meta.get("prediction_type"))
+    license = base_license(base)
     (out / "README.md").write_text(
-        f"# InstructPix2Pix model (instructsd, merged LoRA)\n\n- base model: `{meta['base_model']}`\n"
+        card_metadata(base, [meta["dataset"]] if meta.get("dataset") else [], license, lora=True) +
+        f"# InstructPix2Pix model (instructsd, merged LoRA)\n\n- base model: `{base}`\n{license_note(license)}"
         f"- LoRA rank {meta['rank']}, alpha {meta['alpha']}, on {', '.join(meta['target_modules'])}; conv_in trained fully\n"
         f"- adapters: `{folder}`\n\nLoads in `StableDiffusionInstructPix2PixPipeline.from_pretrained`.\n")
     return out
