@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet '$(TORCH)'
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# CLIP's BPE merges for the hub-layout test models ship in open-clip-torch; --no-deps because it
+	# requires torchvision, which does not install beside this torch.
+	$(BIN)/pip install --quiet --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 # Debian's Chromium for the demo's browser test; skipped (with a note) where apt is unavailable.

@@ -30,6 +30,22 @@ def tiny_sd_model(tmp_path_factory) -> str:
     return str(init_tiny(tmp_path_factory.mktemp("models") / "tiny-sd", in_channels=4, spec=TEST_SPEC))
 
 
+@pytest.fixture(scope="session")
+def ip2p_hub_model(tmp_path_factory) -> str:
+    """A folder laid out exactly like timbrooks/instruct-pix2pix (tiny widths, random weights)."""
+    from instructsd.models.hub_layout import write_hub_model
+
+    return str(write_hub_model(tmp_path_factory.mktemp("models") / "hub-ip2p", "instruct-pix2pix"))
+
+
+@pytest.fixture(scope="session")
+def sd15_hub_model(tmp_path_factory) -> str:
+    """A folder laid out exactly like runwayml/stable-diffusion-v1-5 (tiny widths, random weights)."""
+    from instructsd.models.hub_layout import write_hub_model
+
+    return str(write_hub_model(tmp_path_factory.mktemp("models") / "hub-sd15", "sd15"))
+
+
 def photo(seed: int, size=(80, 60)) -> Image.Image:
     """A smooth random colour image with some edges, like a small photo."""
     rng = np.random.default_rng(seed)

@@ -31,8 +31,8 @@ def huge_png_header(path, width=100_000, height=100_000):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_model):
-    return load_editor(tiny_model, device="cpu")
+def pipe(ip2p_hub_model):
+    return load_editor(ip2p_hub_model, device="cpu")
 
 
 @pytest.fixture
@@ -58,7 +58,8 @@ def messy_folder(tmp_path):
     return folder
 
 
-def test_batch_over_a_messy_folder_writes_every_good_edit_and_records_failures(messy_folder, tiny_model, tmp_path, capsys):
+def test_batch_over_a_messy_folder_writes_every_good_edit_and_records_failures(messy_folder, ip2p_hub_model, tmp_path, capsys):
+    tiny_model = ip2p_hub_model  # a hub-layout checkpoint (issue 11)
     out = tmp_path / "out"
     code = run(["edit", "--model", tiny_model, "--image", str(messy_folder), "--instruction", "Denoise the image.",
                 "--instruction", "Cartoonize the image.", "--seed", "1", "--steps", "2",

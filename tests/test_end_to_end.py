@@ -21,7 +21,8 @@ def dataset(photo_folder, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("start", ["tiny_model", "tiny_sd_model"])
+# Hub-layout starts (issue 11): an InstructPix2Pix checkpoint as is, and SD 1.5 with conv_in expanded.
+@pytest.mark.parametrize("start", ["ip2p_hub_model", "sd15_hub_model"])
 def test_train_edit_eval_from_either_start(start, request, dataset, tmp_path, capsys):
     base = request.getfixturevalue(start)
     run_dir = tmp_path / "run"
@@ -38,8 +39,8 @@ def test_train_edit_eval_from_either_start(start, request, dataset, tmp_path, ca
     assert all(entry["loss"] > 0 for entry in losses)
 
     # Whatever the start, the result is a stock 8-channel InstructPix2Pix pipeline with a card.
-    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(final, safety_checker=None)
-    assert pipe.unet.config.in_channels == 8
+    pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(final)
+    assert pipe.unet.config.in_channels == 8 and pipe.safety_checker is not None
     assert "instructsd" in (final / "README.md").read_text()
 
     source = tmp_path / "in.png"

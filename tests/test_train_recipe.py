@@ -47,9 +47,10 @@ def _unet(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_resume_continues_with_exactly_the_uninterrupted_losses(tiny_model, dataset, tmp_path):
+def test_resume_continues_with_exactly_the_uninterrupted_losses(ip2p_hub_model, dataset, tmp_path):
+    tiny_model = ip2p_hub_model  # the hub layout: factor-8 autoencoder, CLIP-L text width, Euler ancestral sampler
     # Accumulation, EMA and the latent cache (shared by the three runs) all have state to restore.
-    common = ("max_train_steps=6", "train_batch_size=1", "gradient_accumulation_steps=2", "use_ema=true", "ema_decay=0.9",
+    common = ("resolution=32", "max_train_steps=6", "train_batch_size=1", "gradient_accumulation_steps=2", "use_ema=true", "ema_decay=0.9",
               "checkpoint_every=2", "keep_last=2", "cache_latents=true", f"cache_dir={tmp_path / 'cache'}")
     # The uninterrupted run also validates: validation must not touch the training's random streams.
     full = train(_cfg(tiny_model, dataset, tmp_path / "full", *common, "validation_every=3", "num_validation_images=1",
@@ -73,7 +74,7 @@ def test_resume_continues_with_exactly_the_uninterrupted_losses(tiny_model, data
     assert [m["step"] for m in metrics] == [3, 6]
     assert all(m["val/psnr"] > 0 and -1 <= m["val/ssim"] <= 1 and "val/denoise/psnr" in m for m in metrics)
     grid = Image.open(tmp_path / "full" / "validation" / "step-6.png")
-    assert grid.width > 3 * 16
+    assert grid.width > 3 * 32
     assert "val/psnr" in (tmp_path / "full" / "final" / "README.md").read_text()
 
 
@@ -87,8 +88,9 @@ def test_sampling_from_cached_moments_equals_latent_dist_sample(tiny_model):
     assert torch.equal(direct, cached)
 
 
-def test_cached_training_equals_on_the_fly_encoding_and_runs_no_encoder(tiny_model, dataset, tmp_path):
-    common = ("max_train_steps=2",)
+def test_cached_training_equals_on_the_fly_encoding_and_runs_no_encoder(ip2p_hub_model, dataset, tmp_path):
+    tiny_model = ip2p_hub_model
+    common = ("max_train_steps=2", "resolution=32")
     fly = train(_cfg(tiny_model, dataset, tmp_path / "fly", *common, "center_crop=true"), progress=False)
     cache_dir = tmp_path / "cache"
     cached = train(_cfg(tiny_model, dataset, tmp_path / "c1", *common, "cache_latents=true", f"cache_dir={cache_dir}"),

@@ -26,6 +26,21 @@ def model_init_tiny(
     typer.echo(f"wrote {out} ({in_channels}-channel UNet)")
 
 
+@app.command("init-hub")
+def model_init_hub(
+    out: Path = typer.Argument(..., help="Folder to write the diffusers model to."),
+    layout: str = typer.Option(..., help="instruct-pix2pix (timbrooks/instruct-pix2pix) or sd15 (runwayml/stable-diffusion-v1-5)."),
+    size: str = typer.Option("tiny", help="tiny: the hub's structure and keys, small widths; full: SD 1.5's exact sizes (~4 GB RAM)."),
+    seed: int = typer.Option(0, help="Seed for the random weights."),
+    overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
+) -> None:
+    """Write a random-weight model laid out exactly like a hub checkpoint (CLIP tokenizer, safety checker, sampler)."""
+    from instructsd.models.hub_layout import write_hub_model
+
+    write_hub_model(out, layout, size=size, seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {out} ({layout} layout, {size})")
+
+
 @app.command("merge-lora")
 def model_merge_lora(
     run: Path = typer.Argument(..., help="Run folder trained with lora_rank > 0 (or its lora/ folder)."),

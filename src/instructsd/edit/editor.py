@@ -34,7 +34,7 @@ from instructsd.edit.guidance import (
 )
 from instructsd.edit.highres import HIGHRES_METHODS
 from instructsd.errors import InstructSDError
-from instructsd.models.loading import check_model_folder, is_local, torch_dtype
+from instructsd.models.loading import check_model, torch_dtype
 
 # Euler ancestral is what the InstructPix2Pix authors ship with their pipeline.
 SCHEDULERS = {
@@ -103,11 +103,10 @@ def load_editor(model: str | Path, device: str | None = None, dtype: str = "fp32
     from instructsd.models.base import resolve_model
 
     model = resolve_model(model)
-    if is_local(model):
-        check_model_folder(model)
+    check_model(model)
     try:
         pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            model, torch_dtype=torch_dtype(dtype), safety_checker=None, requires_safety_checker=False
+            model, torch_dtype=torch_dtype(dtype), safety_checker=None, requires_safety_checker=False, use_safetensors=True
         )
     except OSError as err:
         raise InstructSDError(f"cannot load model '{model}': {str(err).splitlines()[0]}") from err

@@ -7,6 +7,7 @@ naming the missing folder instead of a deep stack trace.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,22 +31,85 @@ class Components:
     scheduler: DDPMScheduler
 
 
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
+_CONVERT = ("convert it once with diffusers: `StableDiffusionPipeline.from_single_file(FILE).save_pretrained(OUT)` "
+            "(or diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py), then pass OUT")
+
+
+def check_supported(index: dict, where: str, present: set[str] = frozenset()) -> None:
+    """Refuse architectures instructsd cannot train or edit yet, from a model_index.json (issue 11, item 10)."""
+    name = str(index.get("_class_name", ""))
+    if "XL" in name or {"text_encoder_2", "tokenizer_2"} & (set(index) | present):
+        raise InstructSDError(f"'{where}' is an SDXL model ({name or 'text_encoder_2/tokenizer_2 present'}); SDXL is not "
+                              "supported yet: instructsd trains Stable Diffusion 1.x/2.x models (one CLIP text encoder)")
+    if "unet" not in index and "transformer" in index:
+        raise InstructSDError(f"'{where}' is a {name or 'transformer-based'} model; instructsd trains and edits UNet "
+                              "Stable Diffusion 1.x/2.x models only")
+
+
+def _describe_non_diffusers(path: Path) -> str:
+    """What a path that is not a diffusers pipeline folder is, and how to convert it."""
+    if path.is_file():
+        if path.suffix in SINGLE_FILE_SUFFIXES:
+            return f"'{path}' is a single-file checkpoint, not a diffusers folder; {_CONVERT.replace('FILE', repr(str(path)))}"
+        return f"'{path}' is a file, not a diffusers model folder (a folder with model_index.json)"
+    singles = sorted(p.name for p in path.iterdir() if p.suffix in SINGLE_FILE_SUFFIXES)
+    if singles:
+        return (f"'{path}' holds single-file checkpoint(s) ({', '.join(singles[:3])}) but no model_index.json, so it is "
+                f"not a diffusers folder; {_CONVERT.replace('FILE', repr(str(path / singles[0])))}")
+    if (path / "config.json").is_file():
+        return (f"'{path}' holds one component (config.json) but no model_index.json; pass the pipeline folder "
+                "above it (the one with model_index.json, unet/, vae/, …)")
+    return f"'{path}' is not a diffusers model folder: model_index.json is missing"
+
+
 def check_model_folder(path: str | Path) -> None:
-    """Raise a clear error if a local model folder lacks a component."""
+    """Raise one clear line if a local path is not a diffusers Stable Diffusion folder
+    instructsd can load safely: missing, single-file, SDXL, a missing component, pickled weights."""
     path = Path(path)
-    if not path.is_dir():
+    if not path.exists():
         raise InstructSDError(
             f"model folder '{path}' does not exist; pass a diffusers folder or a hub id "
             f"(make a tiny one with `instructsd model init-tiny {path}`)"
         )
-    if not (path / "model_index.json").is_file():
-        raise InstructSDError(f"'{path}' is not a diffusers model folder: model_index.json is missing")
+    if path.is_file() or not (path / "model_index.json").is_file():
+        raise InstructSDError(_describe_non_diffusers(path))
+    try:
+        index = json.loads((path / "model_index.json").read_text())
+    except json.JSONDecodeError as err:
+        raise InstructSDError(f"'{path / 'model_index.json'}' is not valid JSON ({err}); re-copy the checkpoint") from err
+    check_supported(index, str(path), {p.name for p in path.iterdir() if p.is_dir()})
     for name in COMPONENTS:
         sub = path / name
         if not sub.is_dir() or not any(sub.iterdir()):
             raise InstructSDError(
                 f"model folder '{path}' is missing its '{name}' component ({sub}); re-copy or re-export the checkpoint"
             )
+    for name in WEIGHTED:
+        sub = path / name
+        if sub.is_dir() and any(sub.glob("*.bin")) and not any(sub.glob("*.safetensors")):
+            # Loading a pickle runs whatever code it holds; only safetensors files are read here.
+            raise InstructSDError(
+                f"'{sub}' has only pickled .bin weights, which can run code when loaded; if you trust them, convert once "
+                f"with `DiffusionPipeline.from_pretrained('{path}').save_pretrained(OUT, safe_serialization=True)` and pass OUT")
+
+
+def check_hub_model(model: str, revision: str | None = None) -> None:
+    """For a hub id, refuse unsupported architectures from its cached model_index.json (if any)."""
+    from instructsd.models.saving import base_file
+
+    index = base_file(model, "model_index.json", revision)
+    if index is not None:
+        check_supported(json.loads(index.read_text()), model)
+
+
+def check_model(model: str | Path, revision: str | None = None) -> None:
+    """The up-front check every loader runs: a local folder's layout, or a hub id's model index."""
+    if is_local(model):
+        check_model_folder(model)
+    else:
+        check_hub_model(str(model), revision)
 
 
 def is_local(model: str | Path) -> bool:
@@ -60,14 +124,15 @@ def load_components(model: str | Path, revision: str | None = None) -> Component
     from instructsd.models.base import resolve_model
 
     model = resolve_model(model)
-    if is_local(model):
-        check_model_folder(model)
+    check_model(model, revision)
+    # Only safetensors are read, never pickles (a hub repository with .bin weights only fails here).
     kw = {"revision": revision} if revision else {}
+    safe = {**kw, "use_safetensors": True}
     try:
         return Components(
-            unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw),
-            vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **kw),
-            text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **kw),
+            unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **safe),
+            vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **safe),
+            text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **safe),
             tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
             scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
         )

@@ -79,8 +79,12 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(unet: UNet2DConditionModel, folder: str | Path, *, rank: int, alpha: float | None, targets: list[str],
-                 base_model: str, expanded_conv_in: bool) -> Path:
-    """Write the adapter folder atomically (temp folder, then rename); conv_in is saved when it was trained."""
+                 base_model: str, expanded_conv_in: bool, dataset: str = "", prediction_type: str | None = None,
+                 drop_safety_checker: bool = False) -> Path:
+    """Write the adapter folder atomically (temp folder, then rename); conv_in is saved when it was trained.
+
+    ``dataset``, ``prediction_type`` and ``drop_safety_checker`` are recorded so ``merge_run`` saves the
+    same pipeline and card as the run's ``final/``."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
@@ -104,7 +108,8 @@ def save_adapter(unet: UNet2DConditionModel, folder: str | Path, *, rank: int, a
         save_file(_cpu(unet.conv_in.state_dict()), str(tmp / CONV_IN_WEIGHTS))
     (tmp / META).write_text(json.dumps({
         "base_model": base_model, "expanded_conv_in": expanded_conv_in, "unet_in_channels": unet.config.in_channels,
-        "train_conv_in": train_conv_in,
+        "train_conv_in": train_conv_in, "dataset": dataset, "prediction_type": prediction_type,
+        "drop_safety_checker": drop_safety_checker,
     }, indent=2))
     if folder.exists():
         shutil.rmtree(folder)
@@ -178,7 +183,7 @@ def merge_run(run: str | Path, out: str | Path, base_model: str | None = None, o
     """
     from instructsd.models.loading import load_components
     from instructsd.models.surgery import ensure_instruct_unet
-    from instructsd.models.tiny import save_pipeline
+    from instructsd.models.saving import base_license, card_metadata, license_note, save_finetuned
 
     folder = Path(run)
     if (folder / "lora").is_dir():
@@ -187,13 +192,17 @@ def merge_run(run: str | Path, out: str | Path, base_model: str | None = None, o
     out = Path(out)
     if out.exists() and not overwrite:
         raise InstructSDError(f"'{out}' exists; pass --overwrite or choose another --out")
-    parts = load_components(base_model or meta["base_model"])
+    base = base_model or meta["base_model"]
+    parts = load_components(base)
     unet, _ = ensure_instruct_unet(parts.unet)
     unet = merge_adapter(load_adapter(unet, folder))
-    save_pipeline(out, unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler, overwrite=True)
+    save_finetuned(out, base, unet, parts.vae, parts.text_encoder, parts.tokenizer,
+                   drop_safety_checker=meta.get("drop_safety_checker", False), prediction_type=meta.get("prediction_type"))
+    license = base_license(base)
     conv = "conv_in trained fully" if meta["train_conv_in"] else "conv_in of the base"
     (out / "README.md").write_text(
-        f"# InstructPix2Pix model (instructsd, merged LoRA)\n\n- base model: `{meta['base_model']}`\n"
+        card_metadata(base, [meta["dataset"]] if meta.get("dataset") else [], license, lora=True) +
+        f"# InstructPix2Pix model (instructsd, merged LoRA)\n\n- base model: `{base}`\n{license_note(license)}"
         f"- LoRA rank {meta['rank']}, alpha {meta['alpha']}, on {', '.join(meta['target_modules'])}; {conv}\n"
         f"- adapters: `{folder}`\n\nLoads in `StableDiffusionInstructPix2PixPipeline.from_pretrained`.\n")
     return out

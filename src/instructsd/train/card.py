@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from instructsd.config import to_dict
+from instructsd.models.saving import base_license, card_metadata, license_note
 from instructsd.train.config import TrainConfig
 
 
@@ -29,12 +30,10 @@ def write_model_card(folder: Path, cfg: TrainConfig, expanded: bool, losses: lis
             last = json.loads(lines[-1])
             scores = "\n## Validation (last)\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in last.items() if k != "step") + \
                 f"\n- at step {last['step']}\n"
-    text = f"""---
-library_name: diffusers
-pipeline_tag: image-to-image
-tags: [instructsd, instruct-pix2pix]
----
-# InstructPix2Pix model trained with instructsd
+    license = base_license(cfg.base_model)
+    kept = "- safety checker: dropped on request (drop_safety_checker=true); the base's safety checker and feature " \
+        "extractor are not in this folder\n" if cfg.drop_safety_checker else ""
+    text = card_metadata(cfg.base_model, [cfg.dataset], license, lora=cfg.lora_rank > 0) + f"""# InstructPix2Pix model trained with instructsd
 
 - base model: `{cfg.base_model}` ({start})
 - method: {method}
@@ -42,7 +41,8 @@ tags: [instructsd, instruct-pix2pix]
 - optimizer steps: {len(losses)}, effective batch {cfg.effective_batch_size} per process
 - final training loss (mean of the last 10% of steps): {sum(tail) / max(1, len(tail)):.4f}
 - wall time: {seconds / 60:.1f} min
-{scores}
+- sampler, safety checker and license: the base's, unchanged
+{kept}{license_note(license)}{scores}
 Edit with `instructsd edit --model {folder} --image in.png --instruction "..." --out out.png`,
 or load it in diffusers with `StableDiffusionInstructPix2PixPipeline.from_pretrained`.
 

@@ -19,6 +19,7 @@ class TrainConfig:
     input_column: str = opt("input_image", "Dataset column holding the image to edit.")
     edited_column: str = opt("edited_image", "Dataset column holding the edited (target) image.")
     prompt_column: str = opt("edit_prompt", "Dataset column holding the instruction.")
+    drop_safety_checker: bool = opt(False, "Save final/ without the base's safety checker and feature extractor (kept by default; the model card says when dropped).")
     # --- data ------------------------------------------------------------------------------
     resolution: int = opt(256, "Training size in pixels: shorter side resized to this, then cropped square (aspect kept, never squashed).")
     random_flip: bool = opt(True, "Flip input and target together, independently for each sample.")

@@ -31,7 +31,7 @@ from instructsd.config import save_config, to_dict
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import load_components
 from instructsd.models.surgery import ensure_instruct_unet
-from instructsd.models.tiny import save_pipeline
+from instructsd.models.saving import save_finetuned
 from instructsd.train import checkpoint
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
@@ -346,10 +346,13 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
 
             result.lora_dir = save_adapter(trained, out / "lora", rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                            targets=list(cfg.lora_target_modules), base_model=cfg.base_model,
-                                           expanded_conv_in=expanded)
+                                           expanded_conv_in=expanded, dataset=cfg.dataset,
+                                           prediction_type=cfg.prediction_type,
+                                           drop_safety_checker=cfg.drop_safety_checker)
             trained = merge_adapter(trained)
-        save_pipeline(result.final_dir, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder), parts.tokenizer,
-                      scheduler, overwrite=True)
+        # final/ is the base with new weights: its sampler, safety checker and feature extractor (issue 11).
+        save_finetuned(result.final_dir, cfg.base_model, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder),
+                       parts.tokenizer, drop_safety_checker=cfg.drop_safety_checker, prediction_type=cfg.prediction_type)
         write_model_card(result.final_dir, cfg, expanded, losses, time.time() - started, out / "validation.jsonl")
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,0 +1,157 @@
+"""Save a fine-tuned model as its base with new weights (issue 11, item 3).
+
+A fine-tuned ``final/`` keeps what the base shipped besides the weights: its sampler (class and
+``scheduler_config.json`` byte for byte), its safety checker and feature extractor (dropped only
+on request), and the license its card declares. Only the UNet changes (conv_in expanded to 8
+channels for 4-channel starts), so the result is always a stock InstructPix2Pix pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+from diffusers import StableDiffusionInstructPix2PixPipeline
+
+from instructsd.errors import InstructSDError
+
+PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json")
+CARD_TAGS = ["instructsd", "instruct-pix2pix", "image-to-image", "stable-diffusion"]
+
+
+@contextlib.contextmanager
+def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``out``; on success it replaces ``out`` in one rename."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InstructSDError(f"'{out}' already exists; choose another folder or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def base_file(model: str | Path, filename: str, revision: str | None = None) -> Path | None:
+    """A file of the base model: from its folder, or from the hub cache for a hub id; None if absent."""
+    from instructsd.models.base import resolve_model
+    from instructsd.models.loading import is_local
+
+    model = resolve_model(model)
+    if is_local(model):
+        path = Path(model) / filename
+        return path if path.is_file() else None
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(str(model), filename, revision=revision))
+    except Exception:  # noqa: BLE001 - absent file, offline without a cached copy: the caller falls back
+        return None
+
+
+def base_license(model: str | Path) -> str | None:
+    """The ``license`` of the base's model card front matter, if it has one."""
+    readme = base_file(model, "README.md")
+    if readme is None:
+        return None
+    text = readme.read_text(errors="replace")
+    if not text.startswith("---"):
+        return None
+    try:
+        meta = yaml.safe_load(text.split("---", 2)[1]) or {}
+    except yaml.YAMLError:
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return str(value) if value else None
+
+
+def card_metadata(base_model: str, datasets: list[str], license: str | None, lora: bool = False) -> str:
+    """YAML front matter of a fine-tuned model's card (hub model-card metadata keys)."""
+    meta = {
+        "base_model": str(base_model), "datasets": [str(d) for d in datasets], "license": license or "other",
+        "library_name": "diffusers", "pipeline_tag": "image-to-image", "tags": CARD_TAGS + (["lora"] if lora else []),
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"
+
+
+def license_note(license: str | None) -> str:
+    """A line for the card body when the base's license could not be read."""
+    return "" if license else ("- license: the base model's card declares none that could be read, so the metadata says "
+                               "`other`; the base's own terms apply — check them before sharing\n")
+
+
+def _index_entry(index: dict, name: str) -> list | None:
+    entry = index.get(name)
+    return entry if isinstance(entry, list) and len(entry) == 2 and entry[0] else None
+
+
+def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_encoder, tokenizer,
+                   drop_safety_checker: bool = False, prediction_type: str | None = None,
+                   revision: str | None = None) -> Path:
+    """Write ``out`` as ``base_model`` with the given (fine-tuned) components, atomically.
+
+    The sampler is the base's own: its ``scheduler_config.json`` is copied as is, except that a
+    ``prediction_type`` the run trained with replaces the base's (else sampling would be wrong).
+    The base's safety checker and feature extractor are kept unless ``drop_safety_checker``.
+    """
+    from diffusers import SchedulerMixin
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPImageProcessor
+
+    from instructsd.models.base import resolve_model
+
+    base_model = resolve_model(base_model)
+    index_path, scheduler_path = (base_file(base_model, f, revision) for f in PIPELINE_FILES)
+    if index_path is None or scheduler_path is None:
+        raise InstructSDError(f"cannot read model_index.json and scheduler/scheduler_config.json of '{base_model}'; "
+                              "pass a diffusers folder (or a hub id in the local cache)")
+    index = json.loads(index_path.read_text())
+    scheduler_text = scheduler_path.read_text()
+    scheduler_cfg = json.loads(scheduler_text)
+    if prediction_type and scheduler_cfg.get("prediction_type", "epsilon") != prediction_type:
+        scheduler_cfg["prediction_type"] = prediction_type
+        scheduler_text = json.dumps(scheduler_cfg, indent=2) + "\n"
+    import diffusers
+
+    scheduler_cls = getattr(diffusers, scheduler_cfg.get("_class_name", ""), None)
+    if not (isinstance(scheduler_cls, type) and issubclass(scheduler_cls, SchedulerMixin)):
+        raise InstructSDError(f"'{base_model}' names an unknown scheduler class {scheduler_cfg.get('_class_name')!r} "
+                              "in scheduler/scheduler_config.json")
+    scheduler = scheduler_cls.from_config(scheduler_cfg)
+
+    keep = not drop_safety_checker and _index_entry(index, "safety_checker") and _index_entry(index, "feature_extractor")
+    kw = {"revision": revision} if revision else {}
+    safety_checker = feature_extractor = None
+    if keep:
+        safety_checker = StableDiffusionSafetyChecker.from_pretrained(base_model, subfolder="safety_checker", **kw)
+        feature_extractor = CLIPImageProcessor.from_pretrained(base_model, subfolder="feature_extractor", **kw)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=safety_checker, feature_extractor=feature_extractor,
+        requires_safety_checker=bool(keep) and index.get("requires_safety_checker", True),
+    )
+    from instructsd.models.tokenizer import write_vocab_files
+
+    with atomic_folder(out, overwrite=True) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        write_vocab_files(tokenizer, tmp / "tokenizer")
+        (tmp / "scheduler" / "scheduler_config.json").write_text(scheduler_text)
+        saved = json.loads((tmp / "model_index.json").read_text())
+        for name in ("scheduler", "safety_checker", "feature_extractor"):
+            # Name the classes as the base does (e.g. CLIPImageProcessor, not the backend class
+            # transformers picked for it on this machine).
+            if saved.get(name, [None])[0] is not None and _index_entry(index, name):
+                saved[name] = index[name]
+        (tmp / "model_index.json").write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    return Path(out)
