@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from instructsd.data.images import to_rgb
+from instructsd.data.load import open_saved  # noqa: F401 -- moved to data/load.py (issue 12); chunked.py and tests import it from here
 from instructsd.data.tasks import TASKS, Task, get_task
 from instructsd.errors import InstructSDError
 
@@ -332,26 +333,6 @@ def samples_grid(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]],
 
 
 # --- load ----------------------------------------------------------------------------------
-
-
-def open_saved(path: str | Path) -> datasets.DatasetDict:
-    """A folder written by ``save_to_disk`` with splits, or a one-line error saying how to make one.
-
-    The one place that opens saved datasets: the builder, the trainer, export and push use it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InstructSDError(f"no dataset at '{path}'; {_BUILD_HINT}")
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except (OSError, ValueError) as err:  # FileNotFoundError for a non-dataset folder
-        raise InstructSDError(f"'{path}' is not a readable saved dataset ({err}); {_BUILD_HINT}") from err
-    if not isinstance(dataset, datasets.DatasetDict):
-        raise InstructSDError(
-            f"'{path}' holds a single dataset without splits; expected splits "
-            f"{', '.join(SPLITS)}; {_BUILD_HINT}"
-        )
-    return dataset
 
 
 def load_instruction_dataset(path: str | Path) -> datasets.DatasetDict:
