@@ -58,6 +58,10 @@ def test_post_columns_train_eval_and_compare_end_to_end(tmp_path, tiny_model, ca
     doc = json.loads((cmp_dir / "metrics.json").read_text())
     assert doc["config"]["columns"]["edited_column"] == "cartoonized_image"
     assert {r["method"] for r in doc["summary"]} == {"identity", "ground_truth", "final"}
+    # "Reproduce": every model's training config, found from its run folder.
+    trained = doc["provenance"]["models"]["final"]["training_config"]
+    assert trained["input_column"] == "original_image" and trained["max_train_steps"] == 2
+    assert "training_config" in json.loads((eval_dir / "metrics.json").read_text())["provenance"]["models"]["model"]
 
 
 def test_parquet_shards_read_like_the_saved_folder(tmp_path) -> None:
