@@ -17,11 +17,12 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
@@ -65,6 +66,8 @@ def build_dataset(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    source_licenses: Sequence[Mapping[str, str]] | None = None,
+    command: str | None = None,
 ) -> datasets.DatasetDict:
     """Make ``len(images) * crops_per_image * len(tasks)`` training pairs and save them.
 
@@ -84,6 +87,9 @@ def build_dataset(
         progress: show a tqdm bar.
         overwrite: replace an existing dataset at ``out_dir``, only once the new one is
             fully written.
+        source_licenses: ``[{"source": ..., "license": ...}]`` of the photos, for the card's
+            metadata block (unknown when not given).
+        command: the command that rebuilds this dataset, for the card (the CLI passes itself).
 
     Returns:
         The saved dataset, loaded back from ``out_dir``.
@@ -122,7 +128,8 @@ def build_dataset(
     dataset = datasets.DatasetDict(
         {split: datasets.Dataset.from_list(rows[split], features=FEATURES) for split in SPLITS}
     )
-    card = dataset_card(dataset, task_list, seed=seed, size=size, crops_per_image=crops_per_image)
+    card = dataset_card(dataset, task_list, seed=seed, size=size, crops_per_image=crops_per_image,
+                        source_licenses=source_licenses, command=command)
 
     def write(folder: Path) -> None:
         with _datasets_progress(progress):
@@ -276,16 +283,57 @@ def _move_aside(out_dir: Path, *, overwrite: bool) -> Path | None:
 
 # --- card and preview ----------------------------------------------------------------------
 
+SAMPLES_LICENSE = {"source": "scikit-image's bundled sample photos (skimage/data)",
+                   "license": "CC0 or public domain, per photo, as scikit-image documents each one"}
+UNKNOWN_LICENSE = "unknown to instructsd: state it here before you share the dataset"
+
+
+def size_category(rows: int) -> str:
+    """The hub's ``size_categories`` bucket for a number of rows."""
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M")):
+        if rows < bound:
+            return name
+    return "10M<n<100M"
+
+
+def card_metadata(dataset: datasets.DatasetDict, *, sources: Sequence[Mapping[str, str]], command: str,
+                  license: str = "other") -> str:
+    """The YAML block a hub dataset card starts with (issue 12): license, task categories, sources and
+    their licenses, size, splits and the command that built it. ``data push`` uploads it as README.md;
+    datasets' push_to_hub then adds its own ``dataset_info``/``configs`` keys to the same block."""
+    rows = sum(len(d) for d in dataset.values())
+    meta = {
+        "pretty_name": "instructsd instruction-editing pairs",
+        "license": license,
+        "license_details": "Pairs derived from the sources below; each source's license governs what is made from it.",
+        "task_categories": ["image-to-image"],
+        "language": ["en"],
+        "tags": ["image-editing", "instruction-tuning", "instructpix2pix", "instructsd"],
+        "size_categories": [size_category(rows)],
+        "source_datasets": [str(s["source"]) for s in sources],
+        "source_licenses": [{"source": str(s["source"]), "license": str(s["license"])} for s in sources],
+        "splits": {name: len(split) for name, split in dataset.items()},
+        "builder_command": command,
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
 
 def dataset_card(
     dataset: datasets.DatasetDict, tasks: Sequence[Task], *, seed: int, size: int,
-    crops_per_image: int,
+    crops_per_image: int, source_licenses: Sequence[Mapping[str, str]] | None = None, command: str | None = None,
 ) -> str:
-    """A short README.md: how it was made, counts per split and task, sources, instructions."""
+    """A short README.md: a YAML metadata block, then how it was made, counts per split and task,
+    sources, instructions. ``source_licenses``: [{source, license}] of the photos (unknown if not given);
+    ``command``: what rebuilds it (the equivalent ``build_dataset`` call if not given)."""
     counts = {split: Counter(dataset[split]["task"]) for split in SPLITS}
     sources = {split: sorted(set(dataset[split]["source"])) for split in SPLITS}
     header = "| split | photos | pairs | " + " | ".join(t.name for t in tasks) + " |"
+    command = command or (f"instructsd.data.build_dataset(images, out, tasks={tuple(t.name for t in tasks)!r}, "
+                          f"size={size}, crops_per_image={crops_per_image}, seed={seed})")
+    licenses = source_licenses or [{"source": "the photos passed to build_dataset", "license": UNKNOWN_LICENSE}]
     lines = [
+        card_metadata(dataset, sources=licenses, command=command),
         "# instructsd instruction-editing dataset",
         "",
         f"Built by `instructsd.data.build_dataset` with seed {seed}: {crops_per_image} square "
@@ -305,6 +353,7 @@ def dataset_card(
     lines += [f'- `{t.name}`: "{t.canonical}" ({len(t.instructions)})' for t in tasks]
     lines += ["", "## Source photos", ""]
     lines += [f"- {split}: {', '.join(sources[split]) or '(none)'}" for split in SPLITS]
+    lines += [f"- license of {s['source']}: {s['license']}" for s in licenses]
     lines += ["", "## Examples (input | edited)", "", "![samples](samples.png)", ""]
     return "\n".join(lines)
 
