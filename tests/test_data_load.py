@@ -87,3 +87,18 @@ def test_columns_are_trainconfigs_keys() -> None:
     cfg = TrainConfig(input_column="a", edited_column="b", prompt_column="c", task_column="d")
     assert Columns.of(cfg) == Columns("a", "b", "c", "d")
     assert Columns.of(TrainConfig()) == Columns()
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_cache_encoding_and_validation_show_progress_bars_unless_disabled(tmp_path, tiny_model, capfd, progress) -> None:
+    from instructsd.config import load_config
+    from instructsd.train.recipe import train
+
+    data = _post_dataset(tmp_path / "cartoon", rows_per_split=2)
+    cfg = load_config(TrainConfig, "tiny-cpu", [
+        f"base_model={tiny_model}", f"dataset={data}", f"output_dir={tmp_path / 'run'}", "resolution=16",
+        "train_batch_size=2", "max_train_steps=1", "cache_latents=true", "validation_every=1", "validation_steps=1",
+        "num_validation_images=1", "report_to=none", *(f"{k}={v}" for k, v in POST.items())])
+    train(cfg, progress=progress)
+    err = capfd.readouterr().err
+    assert ("cache latents" in err) == progress and ("validate (step 1)" in err) == progress
