@@ -128,6 +128,8 @@ def build_dataset(
     dataset = datasets.DatasetDict(
         {split: datasets.Dataset.from_list(rows[split], features=FEATURES) for split in SPLITS}
     )
+    command = command or (f"instructsd.data.build_dataset(images, out, tasks={tuple(t.name for t in task_list)!r}, "
+                          f"size={size}, crops_per_image={crops_per_image}, val_fraction={val_fraction}, seed={seed})")
     card = dataset_card(dataset, task_list, seed=seed, size=size, crops_per_image=crops_per_image,
                         source_licenses=source_licenses, command=command)
 
@@ -329,8 +331,7 @@ def dataset_card(
     counts = {split: Counter(dataset[split]["task"]) for split in SPLITS}
     sources = {split: sorted(set(dataset[split]["source"])) for split in SPLITS}
     header = "| split | photos | pairs | " + " | ".join(t.name for t in tasks) + " |"
-    command = command or (f"instructsd.data.build_dataset(images, out, tasks={tuple(t.name for t in tasks)!r}, "
-                          f"size={size}, crops_per_image={crops_per_image}, seed={seed})")
+    command = command or "instructsd.data.build_dataset(...) (arguments not recorded)"
     licenses = source_licenses or [{"source": "the photos passed to build_dataset", "license": UNKNOWN_LICENSE}]
     lines = [
         card_metadata(dataset, sources=licenses, command=command),
