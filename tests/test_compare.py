@@ -100,6 +100,10 @@ def test_compare_report_parses_and_every_image_it_names_exists(comparison) -> No
         assert f"<th>{column}</th>" in page
     assert "<h3>denoise</h3>" in page and "<h3>cartoonize</h3>" in page
     assert "Instruction generalisation" in page and "gap (held_out − seen)" in page and "sha256" in page
+    # Every bar chart has a legend naming each method it draws (colour swatch + label).
+    charts = [c for c in page.split("<svg")[1:] if "higher is better" in c or "lower is better" in c]
+    assert charts and all('class="legend"' in c and f">{first}</text>" in c and ">other</text>" in c for c in charts)
+    assert "<th>photos</th>" in page  # how many photos each interval rests on
 
 
 def test_model_labels_and_cli_errors(tmp_path, capsys) -> None:

@@ -260,7 +260,7 @@ def test_build_dataset_structure(built):
     assert row["edit_prompt"] in get_task(row["task"]).instructions
     for split in dd.values():
         assert sorted(set(split["task"])) == ["cartoonize", "denoise", "lowlight"]
-    assert (out / "README.md").read_text().startswith("# ")
+    assert (out / "README.md").read_text().startswith("---\n")  # the hub metadata block, then the card
     assert Image.open(out / "samples.png").size[0] > 0
     assert load_instruction_dataset(out)["train"].num_rows == dd["train"].num_rows
 

@@ -106,6 +106,33 @@ def test_clip_needs_captions(nets) -> None:
     assert captions_for("denoise", {"input_caption": "a", "output_caption": "b"}) == ("a", "b")
 
 
+def _builtin_tasks() -> list[str]:
+    from instructsd.data.degradations import DEGRADATIONS
+    from instructsd.data.tasks import TASKS
+
+    return sorted({*TASKS, *(d.task for d in DEGRADATIONS.values())})
+
+
+@pytest.mark.parametrize("task", _builtin_tasks())
+def test_clip_metrics_score_every_builtin_task(nets, task) -> None:
+    """Every built-in task (issue 12: `compare --clip` crashed on whitebalance) has a caption pair,
+    and the suite scores a CLIP direction with it."""
+    cin, cout = captions_for(task)
+    assert cin and cout and cin != cout
+    suite = MetricSuite.load(nets[0], None, None)
+    src, out = Image.fromarray(_noise(32, 32, 1)), Image.fromarray(_noise(32, 32, 2))
+    scores = suite.score(out, Example(src, src, cin, cout))
+    assert set(CLIP_METRICS) <= set(scores) and -1.0 <= scores["clip_dir"] <= 1.0 and scores["clip_dir"] != 0.0
+
+
+def test_every_restoration_task_composes_into_compound_captions() -> None:
+    from instructsd.data.degradations import DEGRADATIONS
+
+    restoration = sorted({d.task for d in DEGRADATIONS.values()})
+    cin, cout = captions_for("+".join(restoration))
+    assert cin is not None and all(part in cin for part in ("noisy", "colour-cast"))
+
+
 # ----------------------------------------------------------------------------
 # Provenance
 

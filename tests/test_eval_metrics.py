@@ -54,6 +54,70 @@ def test_ssim_is_lower_for_noisier_images_and_works_on_tiny_images() -> None:
         ssim(_noise(2, 8), _noise(2, 8))
 
 
+def _smooth_pair(h: int = 48, w: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """A textured target and a noisy copy: SSIM well inside (0, 1), where window choices show."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(0)
+    target = gaussian_filter(rng.integers(0, 256, (h, w, 3)).astype(float), (2, 2, 0)).astype(np.uint8)
+    pred = np.clip(target + rng.normal(0, 12, target.shape), 0, 255).astype(np.uint8)
+    return pred, target
+
+
+def test_ssim_default_is_wang_et_al_gaussian_and_uniform7_is_the_old_value() -> None:
+    """Wang et al. 2004: 11x11 Gaussian (sigma 1.5), K1 0.01, K2 0.03, population covariances, the
+    valid region only. scikit-image computes exactly that with these arguments, and its default
+    (7x7 box, sample covariances) is what instructsd reported before issue 12."""
+    from skimage.metrics import structural_similarity
+
+    from instructsd.eval.metrics import _luma, ssim_y
+
+    pred, target = _smooth_pair()
+    wang = structural_similarity(target, pred, channel_axis=-1, data_range=255, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, K1=0.01, K2=0.03)
+    old = structural_similarity(target, pred, channel_axis=-1, data_range=255, win_size=7)
+    assert ssim(pred, target) == pytest.approx(wang, abs=1e-9)
+    assert ssim(pred, target, window="uniform7") == pytest.approx(old, abs=1e-9)
+    assert ssim(pred, target) < ssim(pred, target, window="uniform7")  # the box window flatters
+    y_wang = structural_similarity(_luma(target), _luma(pred), data_range=255, gaussian_weights=True, sigma=1.5,
+                                   use_sample_covariance=False)
+    assert ssim_y(pred, target) == pytest.approx(y_wang, abs=1e-9)
+    with pytest.raises(ValueError, match="uniform7"):
+        ssim(pred, target, window="box")
+
+
+def test_ssim_matches_torchmetrics_on_the_valid_region() -> None:
+    """torchmetrics' SSIM (Gaussian 11, sigma 1.5) averages a reflect-padded full-size map; over the
+    pixels whose window lies inside the image -- Wang et al.'s 'valid' region -- it must agree."""
+    torch = pytest.importorskip("torch")
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    from instructsd.eval.metrics import _luma, ssim_y
+
+    pred, target = _smooth_pair()
+
+    def tensor(a: np.ndarray):
+        a = a if a.ndim == 3 else a[..., None]
+        return torch.from_numpy(a.astype(np.float64)).permute(2, 0, 1)[None]
+
+    for ours, a, b in ((ssim(pred, target), pred, target), (ssim_y(pred, target), _luma(pred), _luma(target))):
+        _, full = tm.structural_similarity_index_measure(tensor(a), tensor(b), data_range=255.0, gaussian_kernel=True,
+                                                         sigma=1.5, kernel_size=11, k1=0.01, k2=0.03,
+                                                         return_full_image=True)
+        assert ours == pytest.approx(float(full[..., 5:-5, 5:-5].mean()), abs=1e-9)
+
+
+def test_ssim_on_images_smaller_than_the_window() -> None:
+    """Under 11 px a side the Gaussian is cut to the largest odd window that fits (sigma kept)."""
+    from instructsd.eval.metrics import _ssim_window
+
+    weights, norm = _ssim_window("gaussian", 8)
+    assert len(weights) == 7 and weights.sum() == pytest.approx(1.0) and norm == 1.0
+    assert weights[3] == weights.max() and weights[0] == pytest.approx(weights[3] * math.exp(-9 / (2 * 1.5**2)))
+    assert len(_ssim_window("gaussian", 40)[0]) == 11 and len(_ssim_window("uniform7", 40)[0]) == 7
+    a, b = _noise(8, 9, 1), _noise(8, 9, 2)
+    assert -1.0 <= ssim(a, b) <= 1.0 and ssim(a, a) == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("metric", [psnr, ssim])
 def test_mismatched_sizes_raise_naming_both(metric) -> None:
     with pytest.raises(ValueError, match=r"8x16.*9x16"):
@@ -84,6 +148,43 @@ def test_summarize_means_intervals_and_pooled_rows() -> None:
     assert by["all", "model"]["psnr"] == pytest.approx((20 + 22 + 21 + 25 + 30) / 5)
     # Seeded: the same rows give the same intervals.
     assert summarize(rows) == out
+
+
+def _crop_rows(photos: int, crops: int, spread: float = 3.0, noise: float = 0.3, seed: int = 0) -> list[dict]:
+    """Crops of photos whose scores share the photo's level: strongly correlated within a photo."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(photos):
+        level = 25.0 + spread * rng.standard_normal()
+        rows += [{"task": "denoise", "method": "model", "source": f"photo{p}", "psnr": level + noise * rng.standard_normal(),
+                  "ssim": 0.5} for _ in range(crops)]
+    return rows
+
+
+def test_clustered_intervals_are_wider_than_per_crop_ones_on_correlated_crops() -> None:
+    rows = _crop_rows(photos=6, crops=8)
+    clustered = summarize(rows)[0]
+    per_crop = summarize([{k: v for k, v in r.items() if k != "source"} for r in rows])[0]
+    assert (clustered["n"], clustered["n_groups"]) == (48, 6)
+    assert (per_crop["n"], per_crop["n_groups"]) == (48, 48)
+    assert clustered["psnr"] == pytest.approx(per_crop["psnr"])
+    width = lambda r: r["psnr_hi"] - r["psnr_lo"]  # noqa: E731
+    assert width(clustered) > 2 * width(per_crop)
+
+
+def test_the_bootstrap_resamples_photos_not_crops() -> None:
+    """One photo of 1 crop scoring 0 and one of 99 crops scoring 1. Drawing two photos gives mean 0
+    a quarter of the time, so the 2.5th percentile is exactly 0; resampling crops never gets there."""
+    rows = [{"task": "t", "method": "m", "source": "a", "psnr": 0.0, "ssim": 0.0}]
+    rows += [{"task": "t", "method": "m", "source": "b", "psnr": 1.0, "ssim": 1.0} for _ in range(99)]
+    clustered = summarize(rows)[0]
+    assert clustered["n_groups"] == 2 and clustered["psnr"] == pytest.approx(0.99)
+    assert clustered["psnr_lo"] == 0.0 and clustered["psnr_hi"] == 1.0
+    per_crop = summarize(rows, cluster_key="none")[0]
+    assert per_crop["n_groups"] == 100 and per_crop["psnr_lo"] > 0.9
+    # One photo: nothing to resample, the interval is the mean, and says it rests on one photo.
+    single = summarize(rows[1:])[0]
+    assert single["n_groups"] == 1 and single["psnr_lo"] == single["psnr_hi"] == 1.0
 
 
 def test_summarize_rejects_bad_rows() -> None:

@@ -11,7 +11,7 @@ from instructsd.edit.editor import EditSettings, load_editor
 from instructsd.eval.features import MetricSuite, save_tiny_clip
 from instructsd.eval.provenance import sha256_file
 from instructsd.eval.run import format_table, run_eval
-from instructsd.train.data import load_split
+from instructsd.data.load import load_split
 
 
 def test_run_eval_records_seeds_versions_and_model_hashes(tmp_path, tiny_model) -> None:

@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from instructsd.cli.common import split_csv
+from instructsd.cli.common import (
+    DATASET_HELP,
+    EDITED_COLUMN,
+    GROUP_COLUMN,
+    INPUT_COLUMN,
+    PROMPT_COLUMN,
+    TASK_COLUMN,
+    split_csv,
+)
 from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
 
 # `--models A B C`: click options take one value each, so the values after the first arrive
@@ -19,7 +27,7 @@ def compare_cmd(
     ctx: typer.Context,
     models: list[str] = typer.Option(..., help="Models to compare: hub ids or local folders, optionally label=path. "
                                                "Give several after one --models."),
-    dataset: Path = typer.Option(..., help="Dataset folder from `instructsd data build`."),
+    dataset: str = typer.Option(..., help=DATASET_HELP),
     split: str = typer.Option("validation", help="Split to compare on."),
     teacher: Optional[str] = typer.Option(None, help="A reference model scored like the others, labelled 'teacher' "
                                                      "(the dataset's ground truth is always shown and scored)."),
@@ -35,9 +43,15 @@ def compare_cmd(
     dino: str = typer.Option("facebook/dino-vits16", help="DINO ViT model (hub id or folder) or 'none'."),
     lpips: str = typer.Option("alex", help="LPIPS backbone (needs the lpips package) or 'none'."),
     device: Optional[str] = typer.Option(None, help="cuda, mps or cpu."),
+    input_column: str = INPUT_COLUMN,
+    edited_column: str = EDITED_COLUMN,
+    prompt_column: str = PROMPT_COLUMN,
+    task_column: str = TASK_COLUMN,
+    group_column: str = GROUP_COLUMN,
     batch_size: int = typer.Option(8, help="Images per pipeline call (results do not depend on it)."),
 ) -> None:
     """Edit the same images with every model and score them all beside identity and ground truth."""
+    from instructsd.data.load import Columns
     from instructsd.edit.editor import EditSettings, default_device
     from instructsd.errors import InstructSDError
     from instructsd.eval.compare import check_sweep, model_labels, run_compare
@@ -59,7 +73,8 @@ def compare_cmd(
     suite = MetricSuite.load(clip, dino, lpips, device=dev)
     result = run_compare(labelled, dataset, out, split=split, teacher=teacher, settings=settings, per_task=per_task,
                          seed=seed, suite=suite, sweep=scales, instruction_sets=split_csv(instructions), device=dev,
-                         batch_size=batch_size, title=f"Comparison on {dataset} ({split})")
+                         batch_size=batch_size, title=f"Comparison on {dataset} ({split})",
+                         columns=Columns(input_column, edited_column, prompt_column, task_column, group_column))
     for note in result.notes:
         typer.echo(f"note: {note}")
     keys = [k for k in ("psnr", "ssim", "clip_dir", "clip_i", "dino") if any(k in r for r in result.summary)]

@@ -50,9 +50,15 @@ def data_build(
         from instructsd.data.images import find_images, load_image
         from instructsd.data.samples import sample_images
 
+        from instructsd.data.build import SAMPLES_LICENSE, UNKNOWN_LICENSE
+
         sources = [(str(p.relative_to(images).with_suffix("")), load_image(p)) for p in find_images(images)] if images else sample_images()
+        licenses = [{"source": f"photos in {images}", "license": UNKNOWN_LICENSE}] if images else [SAMPLES_LICENSE]
+        command = (f"instructsd data build {out}{f' --images {images}' if images else ''} --tasks {tasks} --size {size} "
+                   f"--crops-per-image {crops_per_image} --val-fraction {val_fraction} --seed {seed}")
         data = build_dataset(sources, out, tasks=tuple(split_csv(tasks)), size=size, crops_per_image=crops_per_image,
-                             val_fraction=val_fraction, seed=seed, overwrite=overwrite, progress=progress)
+                             val_fraction=val_fraction, seed=seed, overwrite=overwrite, progress=progress,
+                             source_licenses=licenses, command=command)
     counts = ", ".join(f"{name}: {len(split)}" for name, split in data.items())
     typer.echo(f"wrote {out} ({counts})")
 

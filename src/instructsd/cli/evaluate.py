@@ -7,12 +7,13 @@ from typing import Optional
 
 import typer
 
+from instructsd.cli.common import DATASET_HELP, EDITED_COLUMN, GROUP_COLUMN, INPUT_COLUMN, PROMPT_COLUMN, TASK_COLUMN
 from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS
 
 
 def eval_cmd(
     model: str = typer.Option(..., help="InstructPix2Pix model: hub id or local diffusers folder."),
-    dataset: Path = typer.Option(..., help="Dataset folder from `instructsd data build`."),
+    dataset: str = typer.Option(..., help=DATASET_HELP),
     split: str = typer.Option("validation", help="Split to score."),
     out: Path = typer.Option(Path("runs/eval"), help="Folder for metrics.json, metrics.csv and report.html."),
     per_task: Optional[int] = typer.Option(None, help="Score at most N rows per task."),
@@ -21,6 +22,11 @@ def eval_cmd(
     guidance: float = typer.Option(DEFAULT_GUIDANCE, help="Text guidance scale (any value >= 0)."),
     seed: int = typer.Option(0, help="Base seed (row i uses seed + i)."),
     device: Optional[str] = typer.Option(None, help="cuda, mps or cpu."),
+    input_column: str = INPUT_COLUMN,
+    edited_column: str = EDITED_COLUMN,
+    prompt_column: str = PROMPT_COLUMN,
+    task_column: str = TASK_COLUMN,
+    group_column: str = GROUP_COLUMN,
     clip: str = typer.Option("none", help="CLIP model (hub id or folder) for CLIP image/direction/T/I metrics, or none."),
     dino: str = typer.Option("none", help="DINO ViT model (hub id or folder) for the DINO score, or none."),
     lpips: str = typer.Option("none", help="LPIPS backbone (alex or vgg; needs the lpips package), or none."),
@@ -29,17 +35,18 @@ def eval_cmd(
     from instructsd.edit.editor import EditSettings, default_device, load_editor
     from instructsd.eval.features import MetricSuite, disabled
     from instructsd.eval.run import format_table, run_eval
-    from instructsd.train.data import load_split
+    from instructsd.data.load import Columns, load_split
 
     settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
-    rows = load_split(dataset, split, ["input_image", "edited_image", "edit_prompt"])
+    columns = Columns(input_column, edited_column, prompt_column, task_column, group_column)
+    rows = load_split(dataset, split, columns)
     device = device or default_device()
     pipe = load_editor(model, device=device)
     # Without any network metric asked for, the classic PSNR / SSIM evaluation; otherwise the whole suite.
     wanted = not all(disabled(x) for x in (clip, dino, lpips))
     suite = MetricSuite.load(clip, dino, lpips, device=device) if wanted else None
     summary, report = run_eval(pipe, rows, out, settings=settings, per_task=per_task, seed=seed,
-                               title=f"Evaluation of {model}", suite=suite)
+                               title=f"Evaluation of {model}", suite=suite, columns=columns)
     for note in suite.notes if suite is not None else []:
         typer.echo(f"note: {note}")
     typer.echo(format_table(summary))

@@ -17,15 +17,17 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import datasets
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from instructsd.data.images import to_rgb
+from instructsd.data.load import open_saved  # noqa: F401 -- moved to data/load.py (issue 12); chunked.py and tests import it from here
 from instructsd.data.tasks import TASKS, Task, get_task
 from instructsd.errors import InstructSDError
 
@@ -64,6 +66,8 @@ def build_dataset(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    source_licenses: Sequence[Mapping[str, str]] | None = None,
+    command: str | None = None,
 ) -> datasets.DatasetDict:
     """Make ``len(images) * crops_per_image * len(tasks)`` training pairs and save them.
 
@@ -83,6 +87,9 @@ def build_dataset(
         progress: show a tqdm bar.
         overwrite: replace an existing dataset at ``out_dir``, only once the new one is
             fully written.
+        source_licenses: ``[{"source": ..., "license": ...}]`` of the photos, for the card's
+            metadata block (unknown when not given).
+        command: the command that rebuilds this dataset, for the card (the CLI passes itself).
 
     Returns:
         The saved dataset, loaded back from ``out_dir``.
@@ -121,7 +128,10 @@ def build_dataset(
     dataset = datasets.DatasetDict(
         {split: datasets.Dataset.from_list(rows[split], features=FEATURES) for split in SPLITS}
     )
-    card = dataset_card(dataset, task_list, seed=seed, size=size, crops_per_image=crops_per_image)
+    command = command or (f"instructsd.data.build_dataset(images, out, tasks={tuple(t.name for t in task_list)!r}, "
+                          f"size={size}, crops_per_image={crops_per_image}, val_fraction={val_fraction}, seed={seed})")
+    card = dataset_card(dataset, task_list, seed=seed, size=size, crops_per_image=crops_per_image,
+                        source_licenses=source_licenses, command=command)
 
     def write(folder: Path) -> None:
         with _datasets_progress(progress):
@@ -275,16 +285,56 @@ def _move_aside(out_dir: Path, *, overwrite: bool) -> Path | None:
 
 # --- card and preview ----------------------------------------------------------------------
 
+SAMPLES_LICENSE = {"source": "scikit-image's bundled sample photos (skimage/data)",
+                   "license": "CC0 or public domain, per photo, as scikit-image documents each one"}
+UNKNOWN_LICENSE = "unknown to instructsd: state it here before you share the dataset"
+
+
+def size_category(rows: int) -> str:
+    """The hub's ``size_categories`` bucket for a number of rows."""
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M")):
+        if rows < bound:
+            return name
+    return "10M<n<100M"
+
+
+def card_metadata(dataset: datasets.DatasetDict, *, sources: Sequence[Mapping[str, str]], command: str,
+                  license: str = "other") -> str:
+    """The YAML block a hub dataset card starts with (issue 12): license, task categories, sources and
+    their licenses, size, splits and the command that built it. ``data push`` uploads it as README.md;
+    datasets' push_to_hub then adds its own ``dataset_info``/``configs`` keys to the same block."""
+    rows = sum(len(d) for d in dataset.values())
+    meta = {
+        "pretty_name": "instructsd instruction-editing pairs",
+        "license": license,
+        "license_details": "Pairs derived from the sources below; each source's license governs what is made from it.",
+        "task_categories": ["image-to-image"],
+        "language": ["en"],
+        "tags": ["image-editing", "instruction-tuning", "instructpix2pix", "instructsd"],
+        "size_categories": [size_category(rows)],
+        "source_datasets": [str(s["source"]) for s in sources],
+        "source_licenses": [{"source": str(s["source"]), "license": str(s["license"])} for s in sources],
+        "splits": {name: len(split) for name, split in dataset.items()},
+        "builder_command": command,
+    }
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000) + "---\n"
+
 
 def dataset_card(
     dataset: datasets.DatasetDict, tasks: Sequence[Task], *, seed: int, size: int,
-    crops_per_image: int,
+    crops_per_image: int, source_licenses: Sequence[Mapping[str, str]] | None = None, command: str | None = None,
 ) -> str:
-    """A short README.md: how it was made, counts per split and task, sources, instructions."""
+    """A short README.md: a YAML metadata block, then how it was made, counts per split and task,
+    sources, instructions. ``source_licenses``: [{source, license}] of the photos (unknown if not given);
+    ``command``: what rebuilds it (the equivalent ``build_dataset`` call if not given)."""
     counts = {split: Counter(dataset[split]["task"]) for split in SPLITS}
     sources = {split: sorted(set(dataset[split]["source"])) for split in SPLITS}
     header = "| split | photos | pairs | " + " | ".join(t.name for t in tasks) + " |"
+    command = command or "instructsd.data.build_dataset(...) (arguments not recorded)"
+    licenses = source_licenses or [{"source": "the photos passed to build_dataset", "license": UNKNOWN_LICENSE}]
     lines = [
+        card_metadata(dataset, sources=licenses, command=command),
         "# instructsd instruction-editing dataset",
         "",
         f"Built by `instructsd.data.build_dataset` with seed {seed}: {crops_per_image} square "
@@ -304,6 +354,7 @@ def dataset_card(
     lines += [f'- `{t.name}`: "{t.canonical}" ({len(t.instructions)})' for t in tasks]
     lines += ["", "## Source photos", ""]
     lines += [f"- {split}: {', '.join(sources[split]) or '(none)'}" for split in SPLITS]
+    lines += [f"- license of {s['source']}: {s['license']}" for s in licenses]
     lines += ["", "## Examples (input | edited)", "", "![samples](samples.png)", ""]
     return "\n".join(lines)
 
@@ -332,26 +383,6 @@ def samples_grid(examples: dict[str, list[tuple[np.ndarray, np.ndarray]]],
 
 
 # --- load ----------------------------------------------------------------------------------
-
-
-def open_saved(path: str | Path) -> datasets.DatasetDict:
-    """A folder written by ``save_to_disk`` with splits, or a one-line error saying how to make one.
-
-    The one place that opens saved datasets: the builder, the trainer, export and push use it.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InstructSDError(f"no dataset at '{path}'; {_BUILD_HINT}")
-    try:
-        dataset = datasets.load_from_disk(str(path))
-    except (OSError, ValueError) as err:  # FileNotFoundError for a non-dataset folder
-        raise InstructSDError(f"'{path}' is not a readable saved dataset ({err}); {_BUILD_HINT}") from err
-    if not isinstance(dataset, datasets.DatasetDict):
-        raise InstructSDError(
-            f"'{path}' holds a single dataset without splits; expected splits "
-            f"{', '.join(SPLITS)}; {_BUILD_HINT}"
-        )
-    return dataset
 
 
 def load_instruction_dataset(path: str | Path) -> datasets.DatasetDict:

@@ -34,7 +34,15 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from instructsd.data.build import _datasets_progress, open_saved, samples_grid, save_atomically
+from instructsd.data.build import (
+    SAMPLES_LICENSE,
+    UNKNOWN_LICENSE,
+    _datasets_progress,
+    card_metadata,
+    open_saved,
+    samples_grid,
+    save_atomically,
+)
 from instructsd.data.layouts import SPLIT_NAMES
 from instructsd.data.mixture import ROW_KEYS, Mixture, Plan, load_mixture, make_plan, make_rows
 from instructsd.errors import InstructSDError
@@ -278,15 +286,39 @@ def sample_rows(dataset: datasets.DatasetDict, mixture_raw: dict) -> dict[str, l
     return grid
 
 
+def source_licenses(mixture_raw: dict) -> list[dict[str, str]]:
+    """[{source, license}] of every component's images: what instructsd knows, and says when it does not."""
+    out: list[dict[str, str]] = []
+    for c in mixture_raw.get("components", []):
+        src, paired = c.get("source") or {}, c.get("paired") or {}
+        if src.get("samples"):
+            entry = SAMPLES_LICENSE
+        elif "dataset" in src:
+            entry = {"source": f"hub dataset {src['dataset']}", "license": "see that dataset's card"}
+        elif "folder" in src:
+            entry = {"source": f"photos in {src['folder']}", "license": UNKNOWN_LICENSE}
+        elif paired:
+            where = paired.get("root") or f"{paired.get('input')} / {paired.get('target')}"
+            entry = {"source": f"{paired['layout']} pairs at {where}",
+                     "license": "the distributing dataset's own terms (check them before sharing)"}
+        else:
+            continue
+        if entry not in out:
+            out.append(dict(entry))
+    return out
+
+
 def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
-    """README.md: how it was made, counts per split and task, skips, parameters, examples."""
+    """README.md: a YAML metadata block, how it was made, counts per split and task, skips, parameters, examples."""
     cols = _columns(mixture_raw)
     splits = list(dataset)
     counts = {split: Counter(dataset[split]["task"]) for split in splits}
     tasks = sorted(set().union(*counts.values()))
     skip_rows = [json.loads(line) for line in skipped.splitlines() if line.strip()]
     reasons = Counter(r["reason"].split(";")[0][:100] for r in skip_rows)
+    command = "instructsd data build OUT --mixture mixture.yaml (mixture.yaml is saved beside this card)"
     lines = [
+        card_metadata(dataset, sources=source_licenses(mixture_raw), command=command),
         "# instructsd instruction-editing dataset",
         "",
         f"Built by `instructsd data build --mixture` (seed {mixture_raw.get('seed', 0)}, "
@@ -356,10 +388,34 @@ def export_parquet(dataset_dir: str | Path, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+# Files beside the data that `data push` uploads. README.md goes up *before* the data: datasets'
+# push_to_hub keeps an existing card and only merges its dataset_info/configs keys into the
+# YAML block, so the card and its metadata survive (issue 12: the card was never uploaded).
+CARD_FILES = ("README.md", "samples.png", "mixture.yaml", "skipped.jsonl")
+
+
+def push_files(dataset_dir: str | Path) -> list[Path]:
+    """The card files of a saved dataset that ``push_to_hub`` uploads, README.md first; there must be a card."""
+    folder = Path(dataset_dir)
+    card_path = folder / "README.md"
+    if not card_path.is_file():
+        raise InstructSDError(f"'{folder}' has no README.md dataset card; rebuild it with `instructsd data build` "
+                              "(which writes one) or add one before pushing")
+    return [folder / name for name in CARD_FILES if (folder / name).is_file()]
+
+
 def push_to_hub(dataset_dir: str | Path, repo_id: str, *, private: bool = True) -> None:
-    """Upload a saved dataset with ``DatasetDict.push_to_hub`` (needs a hub token and network)."""
+    """Upload a saved dataset's card files (:func:`push_files`), then its splits with
+    ``DatasetDict.push_to_hub`` (needs a hub token and network)."""
     dataset = open_saved(dataset_dir)
+    files = push_files(dataset_dir)
     try:
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_commit(repo_id, repo_type="dataset", commit_message="Dataset card (instructsd)",
+                          operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files])
         dataset.push_to_hub(repo_id, private=private)
     except Exception as err:  # noqa: BLE001 -- auth, network, permission
         raise InstructSDError(f"push to '{repo_id}' failed ({type(err).__name__}: {err}); "

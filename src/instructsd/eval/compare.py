@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from instructsd.data.load import Columns, load_split
 from instructsd.edit.editor import EditSettings, edit_images, fit_size, load_editor
 from instructsd.errors import InstructSDError
-from instructsd.eval.evaluate import instruction_for, select_per_task
+from instructsd.eval.evaluate import NO_TASK, instruction_for, select_per_task
 from instructsd.eval.features import Example, MetricSuite, captions_for, mean_scores
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
@@ -61,6 +62,7 @@ class _Row:
     instruction: str
     example: Example
     seed: int
+    source: str | None = None  # the photo the row was cropped from: what the bootstrap resamples
 
 
 # ----------------------------------------------------------------------------
@@ -151,6 +153,7 @@ def run_compare(
     batch_size: int = 8,
     curves: Mapping[str, Mapping[str, list]] | None = None,
     progress: bool = True,
+    columns: Columns = Columns(),
 ) -> CompareResult:
     """Edit and score every model (plus identity, ground truth and an optional teacher model).
 
@@ -160,10 +163,10 @@ def run_compare(
     generalisation table. sweep: image-guidance scales for the CLIP trade-off curve (empty
     to skip; needs CLIP). batch_size: images per pipeline call (results do not depend on it:
     every image has its own seeded generator). curves: {metric: {series: [(step, value)]}},
-    validation curves drawn in the report and stored in metrics.json.
+    validation curves drawn in the report and stored in metrics.json. columns: the dataset's
+    column names (TrainConfig's ``*_column`` keys); dataset: a saved folder, parquet shards or
+    a hub id (see ``instructsd.data.load``).
     """
-    from instructsd.train.data import load_split
-
     out = Path(out)
     if not models and teacher is None:
         raise InstructSDError("compare needs at least one model (--models A B ...)")
@@ -175,8 +178,8 @@ def run_compare(
     if teacher is not None:
         methods = {TEACHER: str(teacher), **methods}
     suite = suite or MetricSuite.load(None, None, None)
-    data = load_split(dataset, split, ["input_image", "edited_image", "edit_prompt"])
-    picked = select_per_task(data, per_task)
+    data = load_split(dataset, split, columns)
+    picked = select_per_task(data, per_task, columns.task_column)
     if not picked:
         raise InstructSDError(f"dataset '{dataset}' split '{split}' has no rows to compare on")
     all_notes = [*notes, *suite.notes]
@@ -184,11 +187,13 @@ def run_compare(
     rows: list[_Row] = []
     for i in picked:
         raw = data[i]
-        task = str(raw.get("task", "all"))
-        source = fit_size(raw["input_image"].convert("RGB"))
-        target = raw["edited_image"].convert("RGB").resize(source.size, Image.LANCZOS)
+        task = str(raw.get(columns.task_column) or NO_TASK)
+        source = fit_size(raw[columns.input_column].convert("RGB"))
+        target = raw[columns.edited_column].convert("RGB").resize(source.size, Image.LANCZOS)
         cin, cout = captions_for(task, raw)
-        rows.append(_Row(i, task, instruction_for(raw["edit_prompt"], task), Example(source, target, cin, cout), seed + i))
+        photo = raw.get(columns.group_column)
+        rows.append(_Row(i, task, instruction_for(raw[columns.prompt_column], task), Example(source, target, cin, cout),
+                         seed + i, None if photo is None else str(photo)))
     if suite.clip is not None and any(r.example.input_caption is None for r in rows):
         missing = sorted({r.task for r in rows if r.example.input_caption is None})
         raise InstructSDError(f"no captions for task(s) {', '.join(missing)}: add input_caption/output_caption columns "
@@ -208,7 +213,7 @@ def run_compare(
             rel = f"images/{folder}/{r.index:05d}.png"
             if folder not in ("input", GROUND_TRUTH):
                 _save_png(image, out / rel)
-            scored.append({"index": r.index, "task": r.task, "method": method, "instruction_set": which,
+            scored.append({"index": r.index, "task": r.task, "source": r.source, "method": method, "instruction_set": which,
                            "image_guidance": scale, "instruction": text, "seed": r.seed, "image": rel,
                            **suite.score(image, r.example, key=r.index)})
         return scored
@@ -260,13 +265,14 @@ def run_compare(
     prov = provenance(methods, dataset)
     run_config = {
         "models": {k: str(v) for k, v in methods.items()}, "dataset": str(dataset), "split": split,
-        "per_task": per_task, "rows": [r.index for r in rows], "settings": asdict(settings),
+        "columns": asdict(columns), "per_task": per_task, "rows": [r.index for r in rows], "settings": asdict(settings),
         "sweep": list(sweep), "instruction_sets": [DATASET_SET, *sets], "metric_models": suite.sources,
         **(dict(config) if config else {}),
     }
     seeds_info = {"base": seed, "rule": "row i is edited with seed + i by every method and instruction set",
                   "instruction_sampling": "numpy default_rng([seed, row, 7])",
-                  "bootstrap": {"seed": BOOTSTRAP_SEED, "resamples": BOOTSTRAP_RESAMPLES, "interval": "95% percentile"}}
+                  "bootstrap": {"seed": BOOTSTRAP_SEED, "resamples": BOOTSTRAP_RESAMPLES, "interval": "95% percentile",
+                                "resamples_groups_of": columns.group_column}}
     doc = {"title": title, "config": run_config, "seeds": seeds_info, "provenance": prov, "metrics": keys,
            "notes": all_notes, "summary": summary, "per_image": per_image, "sweep": sweep_points,
            "generalization": generalization, "generalization_per_image": [r for r in gen_rows if r["instruction_set"] != DATASET_SET],

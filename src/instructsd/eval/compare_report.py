@@ -54,7 +54,16 @@ def bar_chart_svg(summary: list[dict], metric: str, methods: Sequence[str], excl
     if hi == lo:
         hi = lo + 1.0
     W, H, left, right, top, bottom = 60 + 34 * max(1, len(tasks) * len(shown)) + 24 * len(tasks), 260, 56, 12, 28, 40
-    pw, ph = W - left - right, H - top - bottom
+    # Legend under the task labels: a swatch and the method's name, wrapped into rows to fit the width.
+    legend, x, y = [], 0.0, 0
+    for m in shown:
+        item_w = 22 + 6.5 * len(str(m))
+        if x and left + x + item_w > W - right:
+            x, y = 0.0, y + 1
+        legend.append((left + x, y, m))
+        x += item_w + 12
+    H += 18 * (y + 1) + 6
+    pw, ph = W - left - right, H - top - bottom - 18 * (y + 1) - 6
     ticks, decimals = _nice_ticks(lo, hi)
 
     def py(v: float) -> float:
@@ -83,6 +92,12 @@ def bar_chart_svg(summary: list[dict], metric: str, methods: Sequence[str], excl
             out.append(f'<line x1="{cx:.1f}" y1="{py(row[f"{metric}_lo"]):.1f}" x2="{cx:.1f}" '
                        f'y2="{py(row[f"{metric}_hi"]):.1f}" stroke="#222"/>')
         out.append(f'<text x="{left + (g + 0.5) * group_w:.1f}" y="{top + ph + 16}" text-anchor="middle">{_e(task)}</text>')
+    out.append('<g class="legend">')
+    for lx, row, m in legend:
+        ly = top + ph + 34 + 18 * row
+        out.append(f'<rect x="{lx:.1f}" y="{ly - 9}" width="12" height="12" fill="{_colour(methods, m)}"/>'
+                   f'<text x="{lx + 16:.1f}" y="{ly + 1}">{_e(m)}</text>')
+    out.append("</g>")
     out.append("</svg>")
     return "\n".join(out)
 
@@ -227,7 +242,9 @@ def _generalization_section(rows: list[dict], keys: Sequence[str]) -> str:
 def _provenance_section(config: Mapping, seeds: Mapping, provenance: Mapping) -> str:
     text = yaml.safe_dump(_plain({"config": config, "seeds": seeds, "provenance": provenance}), sort_keys=False,
                           allow_unicode=True)
-    return f"<h2>Reproduce</h2>\n<p>Config, seeds, package versions and sha256 of every model file.</p>\n<pre>{_e(text)}</pre>"
+    return ("<h2>Reproduce</h2>\n<p>This comparison's config and seeds; package versions; and for every model the "
+            "sha256 of its files and the resolved config of the training run that made it (under provenance.models).</p>\n"
+            f"<pre>{_e(text)}</pre>")
 
 
 def write_compare_report(path: str | Path, *, title: str, summary: list[dict], keys: Sequence[str],
@@ -245,7 +262,7 @@ def write_compare_report(path: str | Path, *, title: str, summary: list[dict], k
     following = [k for k in keys if k not in VS_GROUND_TRUTH]
     for heading, subset in (("Fidelity to the ground truth", fidelity), ("Edit and instruction following", following)):
         if subset:
-            rows = [{**{k: r[k] for k in ("task", "method", "n")},
+            rows = [{**{k: r[k] for k in ("task", "method", "n", "n_groups") if k in r},
                      **{f"{k}{s}": r[f"{k}{s}"] for k in subset for s in ("", "_lo", "_hi")}} for r in summary]
             sections.append(_metrics_section(rows, references={"ground_truth"}, heading=heading))
     sections.append('<p class="ci">ground_truth is the reference (for teacher-made tasks, the teacher\'s output): '

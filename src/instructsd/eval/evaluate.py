@@ -12,8 +12,13 @@ from datasets import Dataset
 from PIL import Image
 from tqdm.auto import tqdm
 
+from instructsd.data.load import Columns
 from instructsd.edit.editor import EditSettings, edit_images, fit_size
 from instructsd.eval.metrics import METRICS
+
+# The task of rows in a dataset without a task column (the post's, for one): "all" is taken by
+# the pooled row of every summary table.
+NO_TASK = "edit"
 
 
 @dataclass
@@ -62,34 +67,35 @@ def evaluate(
     per_task: int | None = None,
     examples_per_task: int = 4,
     seed: int = 0,
-    input_column: str = "input_image",
-    edited_column: str = "edited_image",
-    prompt_column: str = "edit_prompt",
+    columns: Columns = Columns(),
     progress: bool = True,
     suite=None,
 ) -> EvalResult:
     """Edit each selected row (seed = ``seed`` + row index) and score model and identity.
 
     ``suite`` (an ``eval.features.MetricSuite``) scores every metric it has; without one,
-    PSNR and SSIM only.
+    PSNR and SSIM only. ``columns`` names the dataset's columns; each score row keeps the
+    row's photo (``columns.group_column``) as ``source``, which the bootstrap resamples.
     """
     if suite is not None:
         from instructsd.eval.features import Example, captions_for
     result = EvalResult()
-    indices = select_per_task(rows, per_task)
+    indices = select_per_task(rows, per_task, columns.task_column)
     for i in tqdm(indices, desc="evaluate", disable=not progress, dynamic_ncols=True):
         row = rows[i]
-        task = row.get("task", "all")
-        instruction = instruction_for(row[prompt_column], task)
-        source = fit_size(row[input_column].convert("RGB"))
-        target = row[edited_column].convert("RGB").resize(source.size, Image.LANCZOS)
+        task = str(row.get(columns.task_column) or NO_TASK)
+        photo = row.get(columns.group_column)
+        instruction = instruction_for(row[columns.prompt_column], task)
+        source = fit_size(row[columns.input_column].convert("RGB"))
+        target = row[columns.edited_column].convert("RGB").resize(source.size, Image.LANCZOS)
         (output,) = edit_images(pipe, [source], [instruction], settings, seeds=[seed + i])
         for method, image in (("model", output), ("identity", source)):
             if suite is None:
                 scores = {name: fn(image, target) for name, fn in METRICS.items()}
             else:
                 scores = suite.score(image, Example(source, target, *captions_for(task, row)), key=i)
-            result.rows.append({"index": i, "task": task, "method": method, "instruction": instruction, **scores})
+            result.rows.append({"index": i, "task": task, "source": None if photo is None else str(photo),
+                                "method": method, "instruction": instruction, **scores})
         shown = result.examples.setdefault(task, [])
         if len(shown) < examples_per_task:
             shown.append({"instruction": instruction,

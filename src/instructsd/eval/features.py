@@ -50,6 +50,8 @@ LPIPS_METRICS = ("lpips",)
 # same before/after pair for every example of a task, describing what the edit should change.
 # Restoration tasks are (before, after) adjectives of "a ... photo"; a compound task such as
 # "deblur+denoise" joins its parts' adjectives ("a blurry, out-of-focus and noisy, grainy photo").
+# Every task of data.tasks.TASKS and every degradation's task has a pair (a test loops over
+# them), so CLIP metrics run on every built-in task (issue 12: whitebalance had none).
 TASK_ADJECTIVES: dict[str, tuple[str, str]] = {
     "denoise": ("noisy, grainy", "clean, noise-free"),
     "lowlight": ("dark, underexposed", "bright, well-lit"),
@@ -57,6 +59,7 @@ TASK_ADJECTIVES: dict[str, tuple[str, str]] = {
     "derain": ("rain-streaked", "rain-free"),
     "dehaze": ("hazy, washed-out", "clear, haze-free"),
     "jpeg": ("blocky, JPEG-compressed", "artifact-free"),
+    "whitebalance": ("colour-cast, tinted", "neutral, white-balanced"),
 }
 TASK_CAPTIONS: dict[str, tuple[str, str]] = {
     **{task: (f"a {before} photo", f"a {after} photo") for task, (before, after) in TASK_ADJECTIVES.items()},

@@ -76,12 +76,34 @@ def model_hashes(model: str | Path, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES)
     return {str(p.relative_to(folder)): sha256_file(p) for p in files}
 
 
+def training_config(model: str | Path) -> dict | str:
+    """The resolved config of the run that trained ``model``, or why there is none.
+
+    ``instructsd train`` writes ``config.yaml`` (headed ``# resolved TrainConfig``) in its
+    output_dir, with the model in ``final/`` and checkpoints in ``checkpoints/step-N/``; so the
+    folder itself and two levels up are searched. Every compared model gets its own (issue 12:
+    "Reproduce" showed one run's config).
+    """
+    import yaml
+
+    path = Path(str(model)).expanduser()
+    if not path.is_dir():
+        return "not a local folder (a hub id or a file): no training config recorded"
+    for folder in (path, path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file() and candidate.read_text().startswith("# resolved TrainConfig"):
+            return {"file": str(candidate), **(yaml.safe_load(candidate.read_text()) or {})}
+    return f"no config.yaml of an instructsd training run in or above '{path}'"
+
+
 def provenance(models: dict[str, str | Path] | None = None, dataset: str | Path | None = None) -> dict:
-    """Versions, machine, per-model weight hashes and the dataset's file hashes, for metrics.json and the report."""
+    """Versions, machine, per-model weight hashes and training configs, and the dataset's file hashes,
+    for metrics.json and the report."""
     out = {
         "packages": package_versions(),
         "machine": machine(),
-        "models": {name: {"source": str(src), "sha256": model_hashes(src)} for name, src in (models or {}).items()},
+        "models": {name: {"source": str(src), "sha256": model_hashes(src), "training_config": training_config(src)}
+                   for name, src in (models or {}).items()},
     }
     if dataset is not None:
         out["dataset"] = {"source": str(dataset), "sha256": model_hashes(dataset, (".arrow",))}

@@ -129,7 +129,10 @@ def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] |
             best[row["task"], k] = max(best.get((row["task"], k), -math.inf), sign * row[k])
 
     head = "".join(f"<th>{html.escape(_METRIC_TITLES.get(k, k))}</th>" for k in keys)
-    lines = [f"<h2>{html.escape(heading)}</h2><table><tr><th>task</th><th>method</th><th>n</th>{head}</tr>"]
+    # How many photos (clusters) each interval rests on: the bootstrap resamples those, not crops.
+    photos = any("n_groups" in row for row in metrics)
+    lines = [f"<h2>{html.escape(heading)}</h2><table><tr><th>task</th><th>method</th><th>n</th>"
+             f"{'<th>photos</th>' if photos else ''}{head}</tr>"]
     for row in metrics:
         task = row["task"]
         cells = []
@@ -140,12 +143,15 @@ def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] |
             ci = f'<span class="ci">[{_fmt(k, row[f"{k}_lo"])}, {_fmt(k, row[f"{k}_hi"])}]</span>'
             cells.append(f'<td class="num{" best" if is_best else ""}">{_fmt(k, row[k])} {ci}</td>')
         pooled = ' class="pooled"' if task == ALL_TASKS else ""
+        photos_cell = f'<td class="num">{int(row.get("n_groups", row["n"]))}</td>' if photos else ""
         lines.append(
             f"<tr{pooled}><td>{html.escape(str(task))}</td><td>{html.escape(str(row['method']))}</td>"
-            f'<td class="num">{int(row["n"])}</td>{"".join(cells)}</tr>'
+            f'<td class="num">{int(row["n"])}</td>{photos_cell}{"".join(cells)}</tr>'
         )
     lines.append("</table>")
-    lines.append('<p class="ci">Mean [95% bootstrap interval] over examples; best method per task in bold.</p>')
+    lines.append('<p class="ci">Mean [95% bootstrap interval] over examples; the bootstrap resamples whole photos '
+                 '(the dataset\'s source column), so "photos" is how many the interval rests on; best method per task '
+                 'in bold.</p>')
     return "\n".join(lines)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from datasets import Dataset
 
+from instructsd.data.load import Columns
 from instructsd.edit.editor import EditSettings
 from instructsd.eval.evaluate import evaluate
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
@@ -36,24 +38,27 @@ def run_eval(
     config: dict | None = None,
     progress: bool = True,
     suite=None,
+    columns: Columns = Columns(),
 ) -> tuple[list[dict], Path]:
     """Score ``pipe`` on ``rows``; write metrics.json, metrics.csv and report.html to ``out``.
 
     ``suite`` (an ``eval.features.MetricSuite``) adds every metric it has to PSNR and SSIM;
-    the metrics it skipped are listed in the report's notes and in metrics.json.
+    the metrics it skipped are listed in the report's notes and in metrics.json. ``columns``
+    names the dataset's columns (as TrainConfig's ``*_column`` keys do).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(pipe, rows, settings, per_task=per_task, seed=seed, progress=progress, suite=suite)
+    result = evaluate(pipe, rows, settings, per_task=per_task, seed=seed, progress=progress, suite=suite, columns=columns)
     summary = summarize(result.rows, metric_keys=suite.names if suite is not None else ("psnr", "ssim"))
     skipped = list(suite.notes) if suite is not None else []
     # Reproducibility: versions, machine, and sha256 of the model's weight files (issue 6).
     source = getattr(pipe, "name_or_path", None)
     prov = provenance({"model": source} if source else None)
     seeds = {"base": seed, "rule": "row i is edited with seed + i",
-             "bootstrap": {"seed": BOOTSTRAP_SEED, "resamples": BOOTSTRAP_RESAMPLES, "interval": "95% percentile"}}
+             "bootstrap": {"seed": BOOTSTRAP_SEED, "resamples": BOOTSTRAP_RESAMPLES, "interval": "95% percentile",
+                           "resamples_groups_of": columns.group_column}}
     _write_atomic(out / "metrics.json", json.dumps({"settings": settings.__dict__, "seed": seed, "seeds": seeds,
-                                                    "config": config, "provenance": prov, "notes": skipped,
+                                                    "config": config, "columns": asdict(columns), "provenance": prov, "notes": skipped,
                                                     "metric_models": suite.sources if suite is not None else {},
                                                     "summary": summary,
                                                     "per_image": result.rows}, indent=2, default=str))
@@ -74,7 +79,8 @@ def run_eval(
 
 def format_table(summary: list[dict]) -> str:
     """The summary as an aligned text table for the terminal."""
-    lines = [f"{'task':<12} {'method':<10} {'n':>4} {'PSNR dB':>8} {'SSIM':>6}"]
+    lines = [f"{'task':<12} {'method':<10} {'n':>4} {'photos':>6} {'PSNR dB':>8} {'SSIM':>6}"]
     for row in summary:
-        lines.append(f"{row['task']:<12} {row['method']:<10} {row['n']:>4} {row['psnr']:>8.2f} {row['ssim']:>6.3f}")
+        lines.append(f"{row['task']:<12} {row['method']:<10} {row['n']:>4} {row['n_groups']:>6} {row['psnr']:>8.2f} "
+                     f"{row['ssim']:>6.3f}")
     return "\n".join(lines)

@@ -152,7 +152,7 @@ def _tiny_starts(cfg: ExperimentConfig, out: Path, data: Path, progress: bool) -
         if shared_vae is None:
             if cfg.fit_vae_steps > 0:
                 from instructsd.models.autoencoder import fit_autoencoder
-                from instructsd.train.data import load_split
+                from instructsd.data.load import load_split
 
                 rows = load_split(data, "train", ["input_image", "edited_image"])
                 photos = [row[col] for row in rows for col in ("input_image", "edited_image")]
@@ -180,7 +180,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> Path:
     from instructsd.eval.compare import IDENTITY, model_labels, run_compare
     from instructsd.eval.evaluate import evaluate
     from instructsd.eval.features import MetricSuite
-    from instructsd.train.data import load_split
+    from instructsd.data.load import load_split
     from instructsd.train.recipe import train
 
     out = Path(cfg.output_dir)

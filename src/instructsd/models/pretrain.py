@@ -91,7 +91,7 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     """Random UNet and text encoder, autoencoder fitted to the training photos; saved to ``out``."""
     from instructsd.models.autoencoder import fit_autoencoder
     from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
-    from instructsd.train.data import load_split
+    from instructsd.data.load import load_split
 
     stats_file = out / "autoencoder.json"
     if stats_file.exists():
@@ -180,7 +180,7 @@ def check_subset(cfg: PretrainConfig, pipe, folder: Path, settings: dict, progre
     if not (folder / "dataset_dict.json").exists():
         build_dataset(sample_images(), folder, tasks=cfg.tasks, size=cfg.size, crops_per_image=CHECK_CROPS,
                       val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
-    from instructsd.train.data import load_split
+    from instructsd.data.load import load_split
 
     rows = load_split(folder, "validation", ["input_image", "edited_image", "edit_prompt", "task"])
     return {"crops_per_image": CHECK_CROPS, "settings": settings,
@@ -218,7 +218,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
                   command: str = "") -> Path:
     """Run (or resume) every stage; returns ``OUT/model``, the finished base."""
     from instructsd.edit.editor import EditSettings, load_editor
-    from instructsd.train.data import load_split
+    from instructsd.data.load import load_split
     from instructsd.train.recipe import train
     from instructsd.train.validation import read_curves
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from datasets import Array2D, Array3D, Dataset, Features, Value, load_from_disk
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from tqdm.auto import tqdm
 
 from instructsd.errors import InstructSDError
 from instructsd.train.data import paired_transform
@@ -95,7 +96,7 @@ def encode_text(tokenizer, text_encoder, prompts: list[str], device, batch_size:
 
 
 @torch.no_grad()
-def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8) -> Dataset:
+def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, progress: bool = True) -> Dataset:
     """Centre-crop every row, encode it unflipped and flipped, keep the distributions' moments."""
     dtype = next(vae.parameters()).dtype
     columns: dict[str, list] = {"input_mode_0": [], "input_mode_1": [], "target_moments_0": [], "target_moments_1": [], "ok": []}
@@ -124,7 +125,7 @@ def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8) -> 
         pending.clear()
 
     rng = np.random.default_rng(0)  # unused by a centre crop without flip; required by the signature
-    for i in range(len(rows)):
+    for i in tqdm(range(len(rows)), desc="cache latents", unit="row", disable=not progress, dynamic_ncols=True):
         try:
             row = rows[i]
             pair = paired_transform(row[cfg.input_column], row[cfg.edited_column], cfg.resolution, rng, False,
@@ -166,8 +167,9 @@ def cache_prompts(rows: Dataset, cfg) -> list[str]:
     return sorted(prompts)
 
 
-def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait) -> LatentCache:
-    """Reuse ``cache_dir`` if its fingerprint matches, else (main process) rebuild it atomically."""
+def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progress: bool = True) -> LatentCache:
+    """Reuse ``cache_dir`` if its fingerprint matches, else (main process) rebuild it atomically,
+    with a progress bar over the rows unless ``progress`` is False."""
     folder = Path(cfg.cache_dir or Path(cfg.output_dir) / "cache")
     prompts = cache_prompts(rows, cfg)
     fingerprint = cache_fingerprint(cfg, rows, prompts)
@@ -181,7 +183,7 @@ def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait) -> Lat
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
         vae, text_encoder = parts.vae.to(device), parts.text_encoder.to(device)
-        encode_latent_rows(vae, rows, cfg, device).save_to_disk(str(tmp / "latents"))
+        encode_latent_rows(vae, rows, cfg, device, progress=progress).save_to_disk(str(tmp / "latents"))
         embeddings = encode_text(parts.tokenizer, text_encoder, prompts, device)
         Dataset.from_dict({"prompt": prompts, "embedding": list(embeddings.numpy())},
                           features=Features({"prompt": Value("string"),

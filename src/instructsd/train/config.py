@@ -14,7 +14,7 @@ from instructsd.errors import InstructSDError
 class TrainConfig:
     # --- what to train, on what, where to write -------------------------------------------
     base_model: str = opt("", "Hub id or local diffusers folder to start from: 8-channel InstructPix2Pix (fine-tuned as is) or 4-channel Stable Diffusion (conv_in expanded).")
-    dataset: str = opt("", "Dataset folder written by `instructsd data build` (train/validation splits); with streaming, parquet shards.")
+    dataset: str = opt("", "Dataset: a saved folder (`instructsd data build`; train/validation splits), parquet shards (a folder or glob) or a hub id, read by instructsd.data.load; with streaming, shards read row by row.")
     output_dir: str = opt("runs/train", "Run folder: resolved config, logs, checkpoints and the final pipeline under final/.")
     input_column: str = opt("input_image", "Dataset column holding the image to edit.")
     edited_column: str = opt("edited_image", "Dataset column holding the edited (target) image.")

@@ -8,7 +8,6 @@ batch composition, worker count or process rank, two samples in one batch flip i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,28 +15,12 @@ import torch
 from datasets import Dataset
 from PIL import Image
 
+from instructsd.data.load import load_split  # noqa: F401 -- the reader moved to data/ (issue 12); kept for the trainer
 from instructsd.errors import InstructSDError
 
 # Independent random streams per (seed, epoch, row). numpy's SeedSequence ignores trailing
 # zeros, so every stream ends in its own non-zero word.
 _AUGMENT, _INSTRUCTION, _ORDER = 1, 2, 3
-
-
-def load_split(path: str | Path, split: str, columns: list[str]) -> Dataset:
-    """Load one split of an instruction dataset from disk, checking the columns we need."""
-    from instructsd.data.build import open_saved
-
-    path = Path(path)
-    data = open_saved(path)
-    if split not in data:
-        raise InstructSDError(f"dataset '{path}' has no '{split}' split (has: {', '.join(data) or 'none'})")
-    missing = [c for c in columns if c not in data[split].column_names]
-    if missing:
-        raise InstructSDError(
-            f"dataset '{path}' split '{split}' lacks column(s) {', '.join(missing)} (columns: {', '.join(data[split].column_names)}); "
-            f"set the matching *_column config key"
-        )
-    return data[split]
 
 
 # --- order: a pure function of (seed, epoch) ------------------------------------------------

@@ -174,7 +174,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     if cfg.cache_latents:
         from instructsd.train.cache import build_or_load
 
-        cache = build_or_load(cfg, rows, parts, accelerator.device, accelerator.is_main_process, accelerator.wait_for_everyone)
+        cache = build_or_load(cfg, rows, parts, accelerator.device, accelerator.is_main_process, accelerator.wait_for_everyone,
+                              progress=progress)
         dataset = CachedPairDataset(cache.latents, rows[cfg.prompt_column], tasks, flip=cfg.random_flip, seed=cfg.seed)
         text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device, cache.text)
     else:
@@ -300,7 +301,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
                     bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{entry['lr']:.2e}")
                 bar.update(1)
                 if validation and step % cfg.validation_every == 0:
-                    _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator)
+                    _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator,
+                              progress)
                 stopping = stop_at is not None and step >= stop_at
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopping:
                     state = {**checkpoint.data_position(cfg, epoch, position), "log": log, "bad_rows": sorted(bad_rows)}
@@ -423,7 +425,7 @@ def _ema_step(ema: EMAModel, trainable: list[torch.nn.Parameter], on_cpu: bool) 
     ema.step([p.detach().to("cpu").requires_grad_(True) for p in trainable])
 
 
-def _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator) -> None:
+def _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator, progress=True) -> None:
     """Validate on the main process with the EMA weights swapped in when kept.
 
     Under mixed precision the frozen VAE and text encoder hold bf16/fp16 weights while the UNet
@@ -437,7 +439,7 @@ def _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, 
             ema.copy_to(trainable)
         try:
             with accelerator.autocast():
-                validate(step, accelerator.unwrap_model(unet), parts, scheduler, validation, out, runlog, cfg)
+                validate(step, accelerator.unwrap_model(unet), parts, scheduler, validation, out, runlog, cfg, progress)
         finally:
             if ema is not None:
                 ema.restore(trainable)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import io
 import itertools
-import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -27,54 +25,11 @@ from datasets import Dataset, Image, IterableDataset, load_dataset
 from datasets.distributed import split_dataset_by_node
 from PIL import Image as PILImage
 
+from instructsd.data.load import parquet_files
 from instructsd.errors import InstructSDError
 from instructsd.train.data import _AUGMENT, InstructionSource, collate, paired_transform
 
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
 # --- where the shards are ---------------------------------------------------------------------
-
-
-def parquet_files(dataset: str, split: str) -> list[str]:
-    """The parquet shards of one split.
-
-    A glob names the training shards. In a folder or hub repo the split comes from the file
-    names (``train.parquet``, ``train-*.parquet``, ``data/train-00000-of-00004.parquet``, …, as
-    datasets infers them); a folder of other ``*.parquet`` names is all ``train``.
-    """
-    from datasets.data_files import DataFilesDict, get_data_patterns, resolve_pattern
-
-    if any(c in dataset for c in "*?["):
-        try:
-            files = resolve_pattern(dataset, base_path="") if split == "train" else []
-        except FileNotFoundError:
-            files = []
-    else:
-        path = Path(dataset)
-        if path.is_dir() and (path / "dataset_dict.json").is_file():
-            raise InstructSDError(
-                f"'{dataset}' is a saved datasets folder, not parquet shards; train on it with streaming=false, or write "
-                f"shards with `instructsd data export-parquet {dataset} OUT` and set dataset=OUT")
-        if path.is_dir():
-            base = str(path.absolute())
-        elif _HUB_ID.match(dataset):
-            base = f"hf://datasets/{dataset}"
-        else:
-            raise InstructSDError(f"dataset '{dataset}' (streaming) is not a folder of parquet shards, a glob or a hub dataset id")
-        try:
-            found = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
-        except FileNotFoundError:
-            found = {}
-        except Exception as err:  # noqa: BLE001 -- hub: network, auth, no such repo
-            raise InstructSDError(f"could not list the files of '{dataset}' ({type(err).__name__}: {err})") from err
-        files = found.get(split, [])
-    files = [f for f in files if f.endswith(".parquet")]
-    if not files:
-        raise InstructSDError(
-            f"no parquet shards for split '{split}' in '{dataset}'; name them {split}.parquet or {split}-*.parquet "
-            f"(a folder of other *.parquet names, or a glob, is all 'train')")
-    return list(files)
 
 
 def count_rows(files: list[str]) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
+from tqdm.auto import tqdm
 
 from instructsd.edit.editor import EditSettings, edit_images, pipeline_from_parts
 from instructsd.eval.metrics import psnr, ssim
@@ -43,14 +44,18 @@ def fixed_subset(rows: Dataset, cfg) -> ValidationSet:
     return ValidationSet(list(sub[cfg.input_column]), list(sub[cfg.edited_column]), prompts, picked_tasks)
 
 
-def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, log, cfg) -> dict[str, float]:
-    """Edit the subset, score it against the targets, log the scores and a grid."""
+def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, log, cfg,
+             progress: bool = True) -> dict[str, float]:
+    """Edit the subset (a progress bar unless ``progress`` is False), score it against the targets,
+    log the scores and a grid."""
     was_training = unet.training
     unet.eval()
     pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
     settings = EditSettings(num_inference_steps=cfg.validation_steps, image_guidance_scale=cfg.validation_image_guidance,
                             guidance_scale=cfg.validation_guidance, scheduler=cfg.validation_scheduler)
-    edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))))
+    with tqdm(total=len(data.inputs), desc=f"validate (step {step})", leave=False, disable=not progress) as bar:
+        edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))),
+                            progress=bar.update)
     unet.train(was_training)
     size = lambda im: (im.size[0] // 8 * 8, im.size[1] // 8 * 8)  # noqa: E731 (edit_images rounds to multiples of 8)
     targets = [t.convert("RGB").resize(size(t)) if t.size != size(t) else t.convert("RGB") for t in data.targets]
