@@ -44,9 +44,10 @@ def test_built_dataset_card_has_metadata_and_push_uploads_it_first(tmp_path, pho
 def test_mixture_card_lists_every_source_and_its_license() -> None:
     feats = datasets.Features({"input_image": datasets.Image(), "edit_prompt": datasets.Value("string"),
                                "edited_image": datasets.Image(), "task": datasets.Value("string"),
-                               "source": datasets.Value("string")})
+                               "source": datasets.Value("string"), "group": datasets.Value("string"),
+                               "part": datasets.Value("string")})  # the mixture schema (issue 12: groups, official parts)
     row = {"input_image": photo(0, (8, 8)), "edit_prompt": "x", "edited_image": photo(1, (8, 8)), "task": "deblur",
-           "source": "s"}
+           "source": "s", "group": "s", "part": ""}
     dataset = datasets.DatasetDict({"train": datasets.Dataset.from_list([row] * 3, features=feats),
                                     "validation": datasets.Dataset.from_list([row], features=feats)})
     mixture = {"seed": 0, "size": 8, "components": [
