@@ -184,7 +184,7 @@ def stage_phases(work: Path, size: int) -> dict:
 
 def run_stage(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--stage", name, "--work", str(args.work), "--size", str(args.size),
-           "--phase-size", str(args.phase_size)]
+           "--phase-size", str(args.phase_size)] + (["--glibc-defaults"] if args.glibc_defaults else [])
     print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
     tick = time.time()
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -235,9 +235,15 @@ def main() -> None:
     parser.add_argument("--phase-size", type=int, default=128)
     parser.add_argument("--stage", choices=["build", "lora", "full", "phases"])
     parser.add_argument("--phases-only", action="store_true")
+    parser.add_argument("--glibc-defaults", action="store_true",
+                        help="Leave glibc's malloc as it is (the trainer's keep_freed_memory() is applied otherwise).")
     args = parser.parse_args()
     if args.stage:
         args.work.mkdir(parents=True, exist_ok=True)
+        if not args.glibc_defaults:
+            from instructsd.train.allocator import keep_freed_memory
+
+            keep_freed_memory()
         record = {"build": lambda: stage_build(args.work, args.size),
                   "lora": lambda: stage_train(args.work, args.size, "lora"),
                   "full": lambda: stage_train(args.work, args.size, "full"),
