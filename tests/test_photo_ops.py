@@ -138,6 +138,9 @@ def test_instructions_state_the_amount_and_the_direction():
         assert any(w in cool for w in ("a lot", "considerably", "dramatically")), cool
         slight = P.instruction_for_edit("gamma", {"op": "gamma", "gamma": 0.8}, rng)
         assert any(w in slight for w in ("slightly", "a little", "a bit")), slight
+    assert P.canonical_instruction_for_edit({"op": "exposure", "ev": -1.0}) == \
+        "Decrease the exposure by one stop."
+    assert P.canonical_instruction_for_edit({"op": "flip"}) == "Flip the image horizontally."
     with pytest.raises(InstructSDError, match="not one of its levels"):
         P.instruction_for_edit("exposure", {"op": "exposure", "ev": 0.9}, rng)
 

@@ -646,6 +646,20 @@ def instruction_for_edit(op: str, params: Mapping | Sequence[Mapping],
     return _capitalise(text + template["tail"])
 
 
+def canonical_instruction_for_edit(params: Mapping) -> str:
+    """The bank's canonical template filled with the level's first words (the ``fixed`` policy)."""
+    o = get_op(params["op"])
+    text = get_op_bank(o.name).canonical
+    values: dict = {}
+    negative = False
+    if o.amount is not None:
+        level, negative = o.level_of(params)
+        values["amount"] = level.words[0]
+    for slot, (pos, neg) in o.directions.items():
+        values[slot] = neg if negative else pos
+    return _capitalise(text.format(**values))
+
+
 def all_op_instructions(op: str, *, held_out: bool = False) -> set[str]:
     """Every single-op instruction :func:`instruction_for_edit` can produce (for tests/cards)."""
     o, bank = get_op(op), get_op_bank(op)
