@@ -11,6 +11,7 @@ import pytest
 from conftest import photo
 from PIL import Image
 
+from instructsd.data import photo_instructions as PI
 from instructsd.data import photo_ops as P
 from instructsd.errors import InstructSDError
 
@@ -113,12 +114,12 @@ def test_edit_params_column_is_json_with_the_op_first():
 
 @pytest.mark.parametrize("name", sorted(P.OPS))
 def test_every_bank_has_50_natural_templates_and_a_disjoint_held_out_split(name):
-    bank = P.get_op_bank(name)
+    bank = PI.get_op_bank(name)
     everything = bank.train + bank.held_out
     assert len(set(everything)) == len(everything) >= 50
     assert bank.held_out and not set(bank.held_out) & set(bank.train)
     assert bank.canonical in bank.train and bank.clauses and bank.held_out_clauses
-    train, held = P.all_op_instructions(name), P.all_op_instructions(name, held_out=True)
+    train, held = PI.all_op_instructions(name), PI.all_op_instructions(name, held_out=True)
     assert not train & held  # filling slots never turns a held-out template into a train one
     for text in train | held:
         assert text[0].isupper() and text[-1] in ".?!" and "{" not in text, text
@@ -128,31 +129,31 @@ def test_every_bank_has_50_natural_templates_and_a_disjoint_held_out_split(name)
 def test_instructions_state_the_amount_and_the_direction():
     rng = np.random.default_rng(0)
     for _ in range(40):
-        up = P.instruction_for_edit("exposure", {"op": "exposure", "ev": 1.0}, rng).lower()
+        up = PI.instruction_for_edit("exposure", {"op": "exposure", "ev": 1.0}, rng).lower()
         assert any(w in up for w in ("one stop", "a stop", "a full stop")), up
         assert not any(w in up for w in ("darker", "darken", "decrease", "lower", "less")), up
-        down = P.instruction_for_edit("exposure", {"op": "exposure", "ev": -0.5}, rng).lower()
+        down = PI.instruction_for_edit("exposure", {"op": "exposure", "ev": -0.5}, rng).lower()
         assert "half a stop" in down and "brighter" not in down and "increase" not in down
-        cool = P.instruction_for_edit("temperature", {"op": "temperature", "shift": -0.6}, rng)
+        cool = PI.instruction_for_edit("temperature", {"op": "temperature", "shift": -0.6}, rng)
         assert not any(w in cool.lower() for w in ("warmer", "amber", "warm up", "more warmth"))
         assert any(w in cool for w in ("a lot", "considerably", "dramatically")), cool
-        slight = P.instruction_for_edit("gamma", {"op": "gamma", "gamma": 0.8}, rng)
+        slight = PI.instruction_for_edit("gamma", {"op": "gamma", "gamma": 0.8}, rng)
         assert any(w in slight for w in ("slightly", "a little", "a bit")), slight
-    assert P.canonical_instruction_for_edit({"op": "exposure", "ev": -1.0}) == \
+    assert PI.canonical_instruction_for_edit({"op": "exposure", "ev": -1.0}) == \
         "Decrease the exposure by one stop."
-    assert P.canonical_instruction_for_edit({"op": "flip"}) == "Flip the image horizontally."
+    assert PI.canonical_instruction_for_edit({"op": "flip"}) == "Flip the image horizontally."
     with pytest.raises(InstructSDError, match="not one of its levels"):
-        P.instruction_for_edit("exposure", {"op": "exposure", "ev": 0.9}, rng)
+        PI.instruction_for_edit("exposure", {"op": "exposure", "ev": 0.9}, rng)
 
 
 def test_held_out_instructions_only_when_asked():
     rng = np.random.default_rng(1)
     for name in ("exposure", "hue", "flip"):
-        train, held = P.all_op_instructions(name), P.all_op_instructions(name, held_out=True)
+        train, held = PI.all_op_instructions(name), PI.all_op_instructions(name, held_out=True)
         for _ in range(30):
             params = P.sample_edit(name, rng)
-            assert P.instruction_for_edit(name, params, rng) in train
-            assert P.instruction_for_edit(name, params, rng, held_out=True) in held
+            assert PI.instruction_for_edit(name, params, rng) in train
+            assert PI.instruction_for_edit(name, params, rng, held_out=True) in held
 
 
 def test_compound_edits_apply_in_order_and_join_one_clause_per_op():
@@ -163,18 +164,18 @@ def test_compound_edits_apply_in_order_and_join_one_clause_per_op():
         assert len({e["op"] for e in edits}) == 2
         assert not {"black_and_white", "sepia"} & {e["op"] for e in edits}
         task = "+".join(e["op"] for e in edits)
-        text = P.instruction_for_edit(task, edits, rng)
+        text = PI.instruction_for_edit(task, edits, rng)
         assert text[0].isupper() and text[-1] in ".?" and "{" not in text, text
         first = P.apply(edits[0]["op"], image, edits[0])
         assert np.array_equal(P.apply_edits(image, edits), P.apply(edits[1]["op"], first, edits[1]))
     edits = [{"op": "temperature", "shift": 0.15}, {"op": "exposure", "ev": 1.0}]
-    text = P.instruction_for_edit("temperature+exposure", edits, np.random.default_rng(0))
+    text = PI.instruction_for_edit("temperature+exposure", edits, np.random.default_rng(0))
     low = text.lower()
     i_warm = min(low.find(w) for w in ("warm", "amber") if w in low)
     i_stop = low.find("stop")
     assert 0 <= i_warm < i_stop, text  # clauses in the order applied
     with pytest.raises(InstructSDError, match="do not match"):
-        P.instruction_for_edit("exposure+temperature", edits, rng)
+        PI.instruction_for_edit("exposure+temperature", edits, rng)
 
 
 def test_inverse_pairs_restore_the_original_or_are_refused_when_clipping_loses_it():
