@@ -120,7 +120,10 @@ def data_tasks() -> None:
     from instructsd.data.tasks import TASKS
 
     for task in TASKS.values():
-        typer.echo(f"{task.name}:")
+        spec = task.degradation
+        ranges = "".join(f", {k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in spec.ranges.items()) if spec else ""
+        made = f"teacher {task.teacher}" if task.teacher else f"degradation {spec.name}{ranges or ', default ranges'}"
+        typer.echo(f"{task.name} ({made}):")
         for text in task.instructions:
             typer.echo(f"  - {text}")
 
