@@ -14,7 +14,7 @@ A build has two stages:
 
 A single-machine build keeps its parts in ``<out>.parts`` next to ``<out>`` and removes
 them once joined. Every row depends only on the seed and its item index (see
-:mod:`instructsd.data.mixture`), so the result is the same for any ``num_proc``, any
+:mod:`instructsd.data.rows`), so the result is the same for any ``num_proc``, any
 chunk order and any sharding.
 """
 
@@ -51,6 +51,7 @@ class NothingBuilt(InstructSDError):
 
 
 def features(mixture: Mixture) -> datasets.Features:
+    """The one schema (:data:`instructsd.data.load.COLUMNS`), under the mixture's column names."""
     cols = mixture.columns
     return datasets.Features({
         cols["input_image"]: datasets.Image(),
