@@ -1,7 +1,7 @@
 """Data-build throughput: pairs per second at 256 px, 1 vs 2 worker processes.
 
 Two mixtures over the scikit-image sample photos, each built end to end (plan, chunks,
-join, card) by ``instructsd.data.chunked.build_mixture``:
+join, card) by ``instructsd.data.write.build_mixture``:
 
 - ``synthetic``: one composed degradation per pair (``blur`` then ``noise``, plus ``rain``,
   ``haze``, ``jpeg`` and ``lowlight`` components), instructions sampled;
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from instructsd.data.chunked import build_mixture
+from instructsd.data.write import build_mixture
 from instructsd.data.mixture import parse_mixture
 
 

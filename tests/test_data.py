@@ -13,6 +13,7 @@ from PIL import Image
 
 from instructsd.data import (
     COLUMNS,
+    parse_mixture,
     TASKS,
     build_dataset,
     find_images,
@@ -21,7 +22,7 @@ from instructsd.data import (
     load_instruction_dataset,
     sample_images,
 )
-from instructsd.data import build as build_module
+from instructsd.data import write as write_module
 from instructsd.errors import InstructSDError
 
 
@@ -309,19 +310,24 @@ def test_build_dataset_failure_leaves_no_partial_folder(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    # Fails after save_to_disk has written the splits, i.e. mid-save.
-    monkeypatch.setattr(build_module, "samples_grid", boom)
+    # Fails after save_to_disk has written the splits, i.e. mid-save: no dataset folder, only the
+    # finished chunks (one builder since issue 13: they make a rerun resume instead of start over).
+    monkeypatch.setattr(write_module, "samples_grid", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         build_dataset(SOURCES, tmp_path / "ds", **KW)
-    assert list(tmp_path.iterdir()) == []
-
+    assert [p.name for p in tmp_path.iterdir()] == ["ds.parts"]
     monkeypatch.undo()
-    build_dataset(SOURCES[:2], tmp_path / "ds", **KW)
-    monkeypatch.setattr(build_module, "samples_grid", boom)
+    resumed = build_dataset(SOURCES, tmp_path / "ds", **KW)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+    assert set(resumed["train"]["source"]) | set(resumed["validation"]["source"]) == {"alpha", "beta", "gamma"}
+
+    # A failed overwrite leaves the previous dataset whole.
+    build_dataset(SOURCES[:2], tmp_path / "two", **KW)
+    monkeypatch.setattr(write_module, "samples_grid", boom)
     with pytest.raises(RuntimeError):
-        build_dataset(SOURCES, tmp_path / "ds", **KW, overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
-    assert set(load_instruction_dataset(tmp_path / "ds")["train"]["source"]) <= {"alpha", "beta"}
+        build_dataset(SOURCES, tmp_path / "two", **KW, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "two", "two.parts"]  # no .tmp / .old folders
+    assert set(load_instruction_dataset(tmp_path / "two")["train"]["source"]) <= {"alpha", "beta"}
 
 
 def test_build_dataset_bad_arguments(tmp_path):
@@ -340,7 +346,8 @@ def test_load_instruction_dataset_explains_what_is_wrong(tmp_path):
         load_instruction_dataset(tmp_path / "junk")
     one = {"input_image": [Image.new("RGB", (2, 2))], "edit_prompt": ["x"],
            "edited_image": [Image.new("RGB", (2, 2))], "source": ["s"]}
-    features = datasets.Features({k: v for k, v in build_module.FEATURES.items() if k != "task"})
+    schema = write_module.features(parse_mixture({"components": [{"task": "denoise", "source": {"samples": True}}]}))
+    features = datasets.Features({k: v for k, v in schema.items() if k in one})  # no task column
     ds = datasets.Dataset.from_dict(one, features=features)
     datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "nosplit"))
     with pytest.raises(InstructSDError, match="no 'validation' split"):

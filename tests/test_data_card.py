@@ -8,8 +8,8 @@ import yaml
 from conftest import photo
 
 from instructsd.cli import run
-from instructsd.data.build import SAMPLES_LICENSE, size_category
-from instructsd.data.chunked import card, push_files, source_licenses
+from instructsd.data.card import SAMPLES_LICENSE, card, size_category, source_licenses
+from instructsd.data.write import push_files
 from instructsd.errors import InstructSDError
 
 

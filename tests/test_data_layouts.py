@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import photo
 from instructsd.cli import run
-from instructsd.data.chunked import build_mixture
+from instructsd.data.write import build_mixture
 from instructsd.data.layouts import PairRule
 from instructsd.data.mixture import parse_mixture
 from instructsd.data.sources import PairedSource

@@ -15,9 +15,11 @@ from PIL import Image
 
 from conftest import photo
 from instructsd.cli import run
-from instructsd.data import chunked, mixture as mixture_module
-from instructsd.data.chunked import build_mixture
-from instructsd.data.mixture import make_plan, parse_mixture
+from instructsd.data import rows as rows_module
+from instructsd.data import write
+from instructsd.data.mixture import parse_mixture
+from instructsd.data.plan import make_plan
+from instructsd.data.write import build_mixture
 from instructsd.data.sources import HubSource, PairedSource
 from instructsd.errors import InstructSDError
 
@@ -98,7 +100,7 @@ def test_identical_output_with_two_workers(synth_mix, reference, tmp_path):
 
 
 def test_resume_after_an_interrupted_build_gives_the_same_rows(synth_mix, reference, tmp_path, monkeypatch):
-    real, calls = chunked.write_chunk, []
+    real, calls = write.write_chunk, []
 
     def dies_after_three(plan, c, parts):
         if len(calls) == 3:
@@ -106,14 +108,14 @@ def test_resume_after_an_interrupted_build_gives_the_same_rows(synth_mix, refere
         calls.append(c)
         real(plan, c, parts)
 
-    monkeypatch.setattr(chunked, "write_chunk", dies_after_three)
+    monkeypatch.setattr(write, "write_chunk", dies_after_three)
     out = tmp_path / "ds"
     with pytest.raises(KeyboardInterrupt):
         build_mixture(parse_mixture(synth_mix), out, progress=False)
     parts = tmp_path / "ds.parts"
     assert not out.exists() and len(list((parts / "chunks").iterdir())) == 3
     (parts / "chunks" / ".000005.tmp-dead").mkdir()  # a chunk the kill interrupted mid-write
-    monkeypatch.setattr(chunked, "write_chunk", lambda plan, c, p: (calls.append(c), real(plan, c, p)))
+    monkeypatch.setattr(write, "write_chunk", lambda plan, c, p: (calls.append(c), real(plan, c, p)))
     ds = build_mixture(parse_mixture(synth_mix), out, progress=False)
     assert sorted(calls) == list(range(make_plan(parse_mixture(synth_mix)).n_chunks))  # none twice
     assert _rows(ds) == reference
@@ -262,7 +264,7 @@ def test_paired_layouts_are_ingested(layout, tmp_path):
         assert Path(inp).stem == Path(target).stem
         assert np.asarray(Image.open(inp)).mean() < np.asarray(Image.open(target)).mean()
     plan = make_plan(parse_mixture(_mix(components=[{"paired": {"layout": layout, "root": str(root)}}])))
-    rows, skipped = mixture_module.make_rows(plan, range(plan.n_items))
+    rows, skipped = rows_module.make_rows(plan, range(plan.n_items))
     assert not skipped and {r["task"] for _, r in rows} == {LAYOUT_TASK[layout]}
 
 
@@ -310,7 +312,7 @@ def test_paired_inputs_of_different_size_are_skipped(tmp_path):
     photo(1, (50, 50)).save(tmp_path / "low" / "b.png")
     photo(1, (40, 40)).save(tmp_path / "high" / "b.png")
     plan = make_plan(parse_mixture(_mix(components=[{"paired": {"layout": "lol", "root": str(tmp_path)}}])))
-    rows, skipped = mixture_module.make_rows(plan, range(plan.n_items))
+    rows, skipped = rows_module.make_rows(plan, range(plan.n_items))
     assert len(rows) == 1 and "input is 50x50 but target is 40x40" in skipped[0]["reason"]
 
 
@@ -350,7 +352,7 @@ def test_function_teacher(tmp_path, monkeypatch):
     mix = _mix(components=[{"task": "cartoonize", "source": {"samples": True}, "teacher": "my_teacher:invert",
                             "count": 2}])
     plan = make_plan(parse_mixture(mix))
-    rows, _ = mixture_module.make_rows(plan, range(2))
+    rows, _ = rows_module.make_rows(plan, range(2))
     row = rows[0][1]
     inp = np.asarray(Image.open(io.BytesIO(row["input_image"]["bytes"])))
     out = np.asarray(Image.open(io.BytesIO(row["edited_image"]["bytes"])))
@@ -363,8 +365,8 @@ def test_diffusers_pipeline_teacher(tiny_model, tmp_path):
                             "teacher": {"diffusers": tiny_model, "prompt": "Cartoonize the image.", "steps": 2,
                                         "kwargs": {"image_guidance_scale": 1.5}}}])
     plan = make_plan(parse_mixture(mix))
-    rows, skipped = mixture_module.make_rows(plan, range(1))
-    again, _ = mixture_module.make_rows(plan, range(1))
+    rows, skipped = rows_module.make_rows(plan, range(1))
+    again, _ = rows_module.make_rows(plan, range(1))
     assert not skipped and rows[0][1]["edited_image"] == again[0][1]["edited_image"]  # seeded per sample
     assert Image.open(io.BytesIO(rows[0][1]["edited_image"]["bytes"])).size == (32, 32)
 
@@ -405,7 +407,7 @@ def test_video_frames_of_one_sequence_share_a_split(tmp_path):
             _pair(tmp_path, f"train_blur/{seq:03d}", f"train_sharp/{seq:03d}", f"{frame:08d}.png", seq * 3 + frame)
     plan = make_plan(parse_mixture(_mix(val_fraction=0.3,
                                         components=[{"paired": {"layout": "reds", "root": str(tmp_path)}}])))
-    rows, _ = mixture_module.make_rows(plan, range(plan.n_items))
+    rows, _ = rows_module.make_rows(plan, range(plan.n_items))
     side = {}
     for split, row in rows:
         seq = row["source"].split("/")[2]

@@ -18,7 +18,7 @@ from datasets import load_from_disk
 
 from instructsd.cli import run
 from instructsd.config import load_config
-from instructsd.data.chunked import build_mixture
+from instructsd.data.write import build_mixture
 from instructsd.data.mixture import parse_mixture
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig

@@ -8,13 +8,12 @@ from typing import Optional
 import typer
 
 from instructsd.cli.common import split_csv
+from instructsd.data.images import DEFAULT_MAX_PIXELS
 
 app = typer.Typer(no_args_is_help=True, help="Build instruction datasets.")
 
 
 @app.command("build")
-
-
 def data_build(
     out: Path = typer.Argument(..., help="Folder to write the dataset to (Hugging Face datasets format); with --shard, this shard's parts folder."),
     mixture: Optional[Path] = typer.Option(None, help="Mixture YAML (tasks, sources, counts, instruction policy); see docs/data.md. Replaces --images/--tasks/--crops-per-image."),
@@ -24,48 +23,46 @@ def data_build(
     crops_per_image: int = typer.Option(4, help="Random crops taken from each source photo."),
     val_fraction: float = typer.Option(0.15, help="Fraction of source photos held out for validation."),
     seed: int = typer.Option(0, help="Seed for crops, degradations and instruction choice."),
-    num_proc: int = typer.Option(1, help="Worker processes (mixture builds); the result does not depend on it."),
+    min_size: Optional[int] = typer.Option(None, help="Skip photos whose short side is smaller (default: --size; a mixture sets its own)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Skip photos whose header declares more pixels, before decoding (a mixture sets its own)."),
+    num_proc: int = typer.Option(1, help="Worker processes; the result does not depend on it."),
     shard: str = typer.Option("0/1", help="I/N: build only chunks c with c mod N == I into OUT (a parts folder); combine with `instructsd data join`."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only after the new dataset is complete)."),
 ) -> None:
     """Make (input, instruction, edited) pairs and save train/validation splits.
 
-    A mixture build is resumable: kill it and run the same command again.
+    One builder: --images/--tasks is a mixture of built-in tasks on one photo folder (the older
+    builder's seeds and split by photo). Unreadable, too small or too large photos are skipped
+    and listed in skipped.jsonl. A build is resumable: kill it and run the same command again.
     """
-    if mixture is not None:
-        from instructsd.data.chunked import build_mixture, parse_shard
-        from instructsd.errors import InstructSDError
+    from instructsd.data.build import build_dataset
+    from instructsd.data.write import build_mixture, parse_shard
+    from instructsd.errors import InstructSDError
 
+    part = parse_shard(shard)
+    if mixture is not None:
         if images is not None:
             raise InstructSDError("--images and --mixture do not mix; put the folder in the mixture as source: {folder: DIR}")
-
-        part = parse_shard(shard)
         data = build_mixture(mixture, out, num_proc=num_proc, shard=part, overwrite=overwrite, progress=progress)
-        if data is None:
-            typer.echo(f"wrote shard {shard} parts to {out}; join all shards with `instructsd data join OUT PARTS...`")
-            return
     else:
-        from instructsd.data.build import build_dataset
-        from instructsd.data.images import find_images, load_image
+        from instructsd.data.card import SAMPLES_LICENSE
         from instructsd.data.samples import sample_images
 
-        from instructsd.data.build import SAMPLES_LICENSE, UNKNOWN_LICENSE
-
-        sources = [(str(p.relative_to(images).with_suffix("")), load_image(p)) for p in find_images(images)] if images else sample_images()
-        licenses = [{"source": f"photos in {images}", "license": UNKNOWN_LICENSE}] if images else [SAMPLES_LICENSE]
         command = (f"instructsd data build {out}{f' --images {images}' if images else ''} --tasks {tasks} --size {size} "
                    f"--crops-per-image {crops_per_image} --val-fraction {val_fraction} --seed {seed}")
-        data = build_dataset(sources, out, tasks=tuple(split_csv(tasks)), size=size, crops_per_image=crops_per_image,
-                             val_fraction=val_fraction, seed=seed, overwrite=overwrite, progress=progress,
-                             source_licenses=licenses, command=command)
+        data = build_dataset(images if images else sample_images(), out, tasks=tuple(split_csv(tasks)), size=size,
+                             crops_per_image=crops_per_image, val_fraction=val_fraction, seed=seed, min_size=min_size,
+                             max_pixels=max_pixels, num_proc=num_proc, shard=part, overwrite=overwrite,
+                             progress=progress, source_licenses=None if images else [SAMPLES_LICENSE], command=command)
+    if data is None:
+        typer.echo(f"wrote shard {shard} parts to {out}; join all shards with `instructsd data join OUT PARTS...`")
+        return
     counts = ", ".join(f"{name}: {len(split)}" for name, split in data.items())
     typer.echo(f"wrote {out} ({counts})")
 
 
 @app.command("join")
-
-
 def data_join(
     out: Path = typer.Argument(..., help="Folder to write the joined dataset to."),
     parts: list[Path] = typer.Argument(..., help="Parts folders written by `instructsd data build --shard I/N` (all N shards)."),
@@ -73,7 +70,7 @@ def data_join(
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),
 ) -> None:
     """Join the shards of a mixture build into the dataset a single build would make."""
-    from instructsd.data.chunked import join_parts
+    from instructsd.data.write import join_parts
 
     data = join_parts(parts, out, overwrite=overwrite, progress=progress)
     counts = ", ".join(f"{name}: {len(split)}" for name, split in data.items())
@@ -81,37 +78,31 @@ def data_join(
 
 
 @app.command("export-parquet")
-
-
 def data_export_parquet(
     dataset: Path = typer.Argument(..., help="A saved dataset folder."),
     out: Path = typer.Argument(..., help="Folder for <split>.parquet files."),
 ) -> None:
     """Write each split as one parquet file (e.g. to upload or share)."""
-    from instructsd.data.chunked import export_parquet
+    from instructsd.data.write import export_parquet
 
     for path in export_parquet(dataset, out):
         typer.echo(f"wrote {path}")
 
 
 @app.command("push")
-
-
 def data_push(
     dataset: Path = typer.Argument(..., help="A saved dataset folder."),
     repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. me/my-instructions."),
     public: bool = typer.Option(False, help="Create the repo public (default private)."),
 ) -> None:
     """Upload a saved dataset to the Hugging Face Hub (needs `hf auth login` and network)."""
-    from instructsd.data.chunked import push_to_hub
+    from instructsd.data.write import push_to_hub
 
     push_to_hub(dataset, repo_id, private=not public)
     typer.echo(f"pushed {dataset} to {repo_id}")
 
 
 @app.command("degradations")
-
-
 def data_degradations() -> None:
     """List the synthetic degradations, their task and parameter ranges."""
     from instructsd.data.degradations import DEGRADATIONS, GROUPS
@@ -124,21 +115,20 @@ def data_degradations() -> None:
 
 
 @app.command("tasks")
-
-
 def data_tasks() -> None:
     """List the built-in edit tasks and their instructions."""
     from instructsd.data.tasks import TASKS
 
     for task in TASKS.values():
-        typer.echo(f"{task.name}:")
+        spec = task.degradation
+        ranges = "".join(f", {k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in spec.ranges.items()) if spec else ""
+        made = f"teacher {task.teacher}" if task.teacher else f"degradation {spec.name}{ranges or ', default ranges'}"
+        typer.echo(f"{task.name} ({made}):")
         for text in task.instructions:
             typer.echo(f"  - {text}")
 
 
 @app.command("instructions")
-
-
 def data_instructions(
     task: str = typer.Argument(..., help="Task name (see `instructsd data tasks`), or a compound like deblur+denoise."),
     samples: int = typer.Option(5, help="For a compound task: how many sampled instructions to print."),

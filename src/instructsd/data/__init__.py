@@ -1,7 +1,6 @@
-"""Data stage: read photos, define edit tasks, build and load the instruction dataset."""
+"""Data stage: read photos, name edit tasks, build (one builder: mixture -> plan -> rows -> write) and load datasets."""
 
-from instructsd.data.build import COLUMNS, SPLITS, build_dataset, load_instruction_dataset
-from instructsd.data.chunked import build_mixture, export_parquet, join_parts, push_to_hub
+from instructsd.data.build import build_dataset
 from instructsd.data.degradations import DEGRADATIONS, GROUPS, Degradation, degrade, get_degradation
 from instructsd.data.images import IMAGE_EXTENSIONS, find_images, load_image, to_rgb
 from instructsd.data.instructions import (
@@ -14,9 +13,11 @@ from instructsd.data.instructions import (
 from instructsd.data.mixture import Mixture, load_mixture, parse_mixture
 from instructsd.data.samples import SAMPLE_FILES, sample_images
 from instructsd.data.layouts import LAYOUTS, Layout, PairRule
-from instructsd.data.sources import FolderSource, HubSource, PairedSource, SampleSource
+from instructsd.data.load import COLUMNS, SPLITS, load_instruction_dataset
+from instructsd.data.sources import FolderSource, HubSource, MemorySource, PairedSource, SampleSource
 from instructsd.data.tasks import TASKS, Task, get_task
 from instructsd.data.teachers import load_teacher
+from instructsd.data.write import build_mixture, export_parquet, join_parts, push_to_hub
 
 __all__ = [
     "BANK_TASKS",
@@ -33,6 +34,7 @@ __all__ = [
     "HubSource",
     "InstructionBank",
     "Layout",
+    "MemorySource",
     "Mixture",
     "PairRule",
     "PairedSource",

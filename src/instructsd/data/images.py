@@ -19,12 +19,18 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
 
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Builders skip larger source images (~ 8660 x 5770: a 48 MP phone photo still fits), checked
+from the header before anything is decoded, so a small file declaring 169 MP costs nothing."""
+
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _REPLACE_HINT = "remove it or replace it with a valid image"
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Open ``path`` as a fully loaded, upright RGB image.
+
+    With ``max_pixels``, an image whose header declares more pixels is refused before decoding.
 
     - EXIF orientation is applied, so phone photos come out the way they were shot.
     - Animated images (GIF, WebP, multi-page TIFF) give their first frame.
@@ -44,9 +50,12 @@ def load_image(path: str | Path) -> Image.Image:
         raise InstructSDError(f"cannot read image '{path}': file is empty (0 bytes); {_REPLACE_HINT}")
     try:
         with Image.open(path) as im:
+            check_pixels(im, max_pixels, path)
             im.seek(0)  # first frame of animations; a no-op for still images
             # exif_transpose returns a new, loaded image, so the file can close after this block.
             upright = ImageOps.exif_transpose(im)
+    except InstructSDError:
+        raise
     except Image.DecompressionBombError as err:
         raise InstructSDError(
             f"cannot read image '{path}': it is too large to decode safely ({err}); "
@@ -69,6 +78,16 @@ def load_image(path: str | Path) -> Image.Image:
             f"cannot read image '{path}': unsupported image mode {upright.mode!r}; "
             "convert it to an 8-bit RGB PNG or JPEG"
         ) from err
+
+
+def check_pixels(im: Image.Image, max_pixels: int | None, name: object = "image") -> None:
+    """Refuse ``im`` (opened, perhaps not yet decoded) when it has more than ``max_pixels`` pixels."""
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise InstructSDError(
+            f"image '{name}' is {w}x{h} = {w * h / 1e6:.1f} MP, over the {max_pixels / 1e6:g} MP limit "
+            "(max_pixels); downscale it or raise max_pixels"
+        )
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

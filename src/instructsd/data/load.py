@@ -26,6 +26,13 @@ import datasets
 from instructsd.errors import InstructSDError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+COLUMNS: tuple[str, ...] = ("input_image", "edit_prompt", "edited_image", "task", "source", "group", "part")
+"""The one schema instructsd's builder writes, in order (a mixture's ``columns`` may rename the first
+three): images, instruction, the row's task, its source photo, its group (photo, scene or sequence:
+what the split keeps together) and the official part of a paired dataset ("" for photos)."""
+SPLITS: tuple[str, ...] = ("train", "validation")
+"""Splits every built dataset has; paired datasets with official test parts add ``test``."""
+_REQUIRED = COLUMNS[:5]  # datasets built before issue 12 have no group/part columns
 _BUILD_HINT = "build one with `instructsd data build`, or save a DatasetDict with train/validation splits (save_to_disk)"
 
 
@@ -75,6 +82,32 @@ def open_saved(path: str | Path) -> datasets.DatasetDict:
         raise InstructSDError(f"'{path}' is not a readable saved dataset ({err}); {_BUILD_HINT}") from err
     if not isinstance(dataset, datasets.DatasetDict):
         raise InstructSDError(f"'{path}' holds a single dataset without splits; expected train and validation splits; {_BUILD_HINT}")
+    return dataset
+
+
+def load_instruction_dataset(path: str | Path) -> datasets.DatasetDict:
+    """A saved dataset checked to have :data:`SPLITS` and the columns instructsd builds.
+
+    Raises:
+        InstructSDError: ``path`` is missing or not a saved ``DatasetDict``, or it lacks a
+            split of :data:`SPLITS`, a column, or images in an image column.
+    """
+    path = Path(path)
+    dataset = open_saved(path)
+    for split in SPLITS:
+        if split not in dataset:
+            raise InstructSDError(
+                f"dataset '{path}' has no '{split}' split (it has: {', '.join(dataset) or 'none'}); {_BUILD_HINT}")
+    for split in SPLITS:
+        features = dataset[split].features
+        missing = [c for c in _REQUIRED if c not in features]
+        if missing:
+            raise InstructSDError(f"dataset '{path}' split '{split}' lacks column(s) {', '.join(missing)} "
+                                  f"(expected {', '.join(_REQUIRED)}); {_BUILD_HINT}")
+        for col in ("input_image", "edited_image"):
+            if not isinstance(features[col], datasets.Image):
+                raise InstructSDError(f"dataset '{path}' split '{split}' column '{col}' holds {features[col]}, "
+                                      f"not images; {_BUILD_HINT}")
     return dataset
 
 

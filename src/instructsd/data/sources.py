@@ -8,23 +8,25 @@ build workers -- a 10,000-image build never holds more than a chunk of them.
 - :class:`HubSource`: a ``datasets`` dataset by hub id or local path (a ``save_to_disk``
   folder, or any folder/files ``datasets.load_dataset`` reads), optionally streaming.
 - :class:`SampleSource`: the photos bundled with scikit-image (``sample_images``).
+- :class:`MemorySource`: ``(name, PIL image)`` pairs already in memory (``build_dataset``).
 - :class:`PairedSource`: (input, target) files of a distributed dataset, in one of
   :data:`~instructsd.data.layouts.LAYOUTS`, with their official splits and groups.
 
-Unreadable images raise :class:`InstructSDError` from :meth:`load`; the builder records
-them in ``skipped.jsonl`` and goes on.
+Unreadable images, and images over ``max_pixels`` (checked before decoding), raise
+:class:`InstructSDError` from :meth:`load`; the builder records them in ``skipped.jsonl`` and goes on.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from instructsd.data.images import find_images, load_image, to_rgb
+from instructsd.data.images import DEFAULT_MAX_PIXELS, check_pixels, find_images, load_image, to_rgb
 from instructsd.data.layouts import LAYOUTS, PairRule, match_folders, match_layout
 from instructsd.errors import InstructSDError
 
@@ -44,6 +46,7 @@ class FolderSource:
     """All images under ``folder`` (recursive, sorted; hidden files skipped)."""
 
     folder: str
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         root = Path(self.folder)
@@ -54,7 +57,7 @@ class FolderSource:
         return f"folder {self.folder} ({len(self.names)} images)"
 
     def load(self, k: int) -> Image.Image:
-        return load_image(self.paths[k])
+        return load_image(self.paths[k], self.max_pixels)
 
     def load_many(self, ks: Iterable[int]) -> Iterable[tuple[int, Image.Image | Exception]]:
         for k in ks:
@@ -75,6 +78,38 @@ class SampleSource:
 
     def load(self, k: int) -> Image.Image:
         return _sample_photos()[k]
+
+    def load_many(self, ks):
+        for k in ks:
+            yield k, _try(self.load, k)
+
+
+class MemorySource:
+    """``(name, image)`` pairs already decoded (``build_dataset``'s photos); names must be unique.
+
+    Its text (``str``) names a digest of the pixels, so a build's fingerprint changes with them
+    and the parts of another set of photos are never reused.
+    """
+
+    def __init__(self, images: Sequence[tuple[str, Image.Image]], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.names = [str(name) for name, _ in images]
+        self.images = [im for _, im in images]
+        self.max_pixels = max_pixels
+        digest = hashlib.sha256()
+        for name, im in zip(self.names, self.images):
+            digest.update(f"{name}\0{im.mode}\0{im.size}\0".encode())
+            digest.update(im.tobytes())
+        self.digest = digest.hexdigest()[:16]
+
+    def __str__(self) -> str:
+        return f"{len(self.names)} photos in memory (sha256 {self.digest})"
+
+    def describe(self) -> str:
+        return str(self)
+
+    def load(self, k: int) -> Image.Image:
+        check_pixels(self.images[k], self.max_pixels, self.names[k])
+        return to_rgb(self.images[k])
 
     def load_many(self, ks):
         for k in ks:
@@ -104,6 +139,7 @@ class HubSource:
     limit: int | None = None
     name_column: str | None = None
     config: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if self.streaming and not self.limit:
@@ -163,13 +199,23 @@ class HubSource:
 
     @functools.cached_property
     def _ds(self):
-        return self._open()
+        """Rows with undecoded images: the pixel limit is checked from the header before decoding."""
+        import datasets
+
+        ds = self._open()
+        if isinstance((ds.features or {}).get(self.column), datasets.Image):
+            ds = ds.cast_column(self.column, datasets.Image(decode=False))
+        return ds
 
     def _to_image(self, value) -> Image.Image:
         if isinstance(value, dict) and value.get("bytes"):
             import io
 
             value = Image.open(io.BytesIO(value["bytes"]))
+        elif isinstance(value, dict) and value.get("path"):
+            value = Image.open(value["path"])
+        if isinstance(value, Image.Image):
+            check_pixels(value, self.max_pixels, self.column)
         if not isinstance(value, Image.Image):
             raise InstructSDError(f"column {self.column!r} holds {type(value).__name__}, not an image")
         from PIL import ImageOps
@@ -228,6 +274,7 @@ class PairedSource:
     """``error`` | ``skip`` (files without a partner go to ``skipped.jsonl``)."""
     options: Mapping[str, str] = field(default_factory=dict)
     """Layout keys, e.g. FiveK's ``expert``."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
     names: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -266,7 +313,7 @@ class PairedSource:
 
     def load(self, k: int) -> tuple[Image.Image, Image.Image]:
         _, a, b = self.pairs[k]
-        return load_image(a), load_image(b)
+        return load_image(a, self.max_pixels), load_image(b, self.max_pixels)
 
     def load_many(self, ks):
         for k in ks:

@@ -3,7 +3,7 @@
 Distilling a tool's skill into the model is how the post made its cartoonization dataset
 (White-box CartoonGAN as teacher). A teacher here is any of
 
-- ``cartoonizer``: the shipped classical cartoonizer (:func:`instructsd.data.tasks.cartoon_filter`);
+- ``cartoonizer``: the shipped classical cartoonizer (:func:`cartoon_filter`);
 - ``"package.module:function"``: a Python function ``f(rgb: uint8 HxWx3 ndarray) -> ndarray | PIL``;
 - ``{diffusers: FOLDER, prompt: ..., steps: 20, ...}``: a diffusers image-to-image pipeline
   (``StableDiffusionImg2ImgPipeline``, ``StableDiffusionInstructPix2PixPipeline``, ...) saved
@@ -23,9 +23,11 @@ import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
+from instructsd.data.degradations import check_rgb
 from instructsd.errors import InstructSDError
 
 TeacherFn = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -46,10 +48,59 @@ def _as_rgb_array(out, shape: tuple[int, ...], who: str) -> np.ndarray:
     return out
 
 
-def _cartoonizer(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    from instructsd.data.tasks import cartoon_filter
+# --- the shipped cartoonizer ----------------------------------------------------------------
 
+CARTOON_COLORS = 8  # palette size after quantization
+CARTOON_BILATERAL_ITERS = 4
+CARTOON_BILATERAL_SIGMA_COLOR = 40.0  # 0-255 scale: differences above ~40 count as edges
+CARTOON_EDGE_C = 6  # adaptive-threshold offset; larger means fewer, stronger lines
+
+
+def _odd(x: float, minimum: int = 3) -> int:
+    """Nearest odd integer >= ``minimum``: OpenCV's median/threshold windows must be odd."""
+    k = max(minimum, int(round(x)))
+    return k if k % 2 else k + 1
+
+
+def cartoon_filter(clean: np.ndarray) -> np.ndarray:
+    """Classical cartoon effect; deterministic, the teacher for the ``cartoonize`` task.
+
+    With ``s = min(H, W) / 256`` so windows scale with the image (sizes are odd, >= 3):
+
+    1. Edge-preserving smoothing: 4 passes of ``cv2.bilateralFilter`` with diameter
+       ``d = clamp(7 s, 3, 15)``, ``sigmaColor = 40``, ``sigmaSpace = d``.
+    2. Colour quantization of the smoothed image to 8 colours with Pillow's median cut
+       plus 3 k-means refinement passes -- an adaptive palette, no random initialisation
+       (OpenCV's ``kmeans`` seeds from a global RNG), no dithering.
+    3. Dark outlines: grayscale of the *smoothed* image (so fur and grass texture don't
+       become lines), ``cv2.medianBlur`` with ``k = 5 s``, then
+       ``cv2.adaptiveThreshold`` (mean, block ``9 s``, ``C = 6``); pixels darker than
+       their neighbourhood mean minus C are painted black.
+
+    Result: at most 9 distinct colours (8 + black). About 10 ms at 64 px, 0.5 s at 512 px.
+    """
+    check_rgb(clean)
+    s = min(clean.shape[:2]) / 256.0
+    d = min(_odd(7 * s), 15)  # bilateral cost grows with d^2; 15 is plenty at any size
+    smooth = np.ascontiguousarray(clean)
+    for _ in range(CARTOON_BILATERAL_ITERS):
+        smooth = cv2.bilateralFilter(smooth, d, CARTOON_BILATERAL_SIGMA_COLOR, d)
+    quantized = Image.fromarray(smooth).quantize(
+        colors=CARTOON_COLORS, method=Image.Quantize.MEDIANCUT, kmeans=3, dither=Image.Dither.NONE
+    )
+    flat = np.asarray(quantized.convert("RGB"))
+    gray = cv2.medianBlur(cv2.cvtColor(smooth, cv2.COLOR_RGB2GRAY), _odd(5 * s))
+    lines = cv2.adaptiveThreshold(gray, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY,
+                                  _odd(9 * s), CARTOON_EDGE_C)
+    return np.where(lines[..., None] > 0, flat, 0).astype(np.uint8)
+
+
+def _cartoonizer(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    del rng  # deterministic teacher; the parameter keeps the shared teacher signature
     return cartoon_filter(clean)
+
+
+# --- user teachers ---------------------------------------------------------------------------
 
 
 def _import_function(ref: str) -> Callable:

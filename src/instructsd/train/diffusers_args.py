@@ -393,7 +393,7 @@ def translate(flags: list[str], ctx: Context = Context()) -> Translation:
 
 def saved_train_rows(dataset: str) -> int:
     """Rows in the train split of a saved dataset folder (for --num_train_epochs)."""
-    from instructsd.data.build import open_saved
+    from instructsd.data.load import open_saved
 
     if not Path(dataset).is_dir():
         raise InstructSDError(f"--num_train_epochs needs the training rows of '{dataset}', which only a saved dataset folder "

@@ -14,44 +14,44 @@ A build has two stages:
 
 A single-machine build keeps its parts in ``<out>.parts`` next to ``<out>`` and removes
 them once joined. Every row depends only on the seed and its item index (see
-:mod:`instructsd.data.mixture`), so the result is the same for any ``num_proc``, any
+:mod:`instructsd.data.rows`), so the result is the same for any ``num_proc``, any
 chunk order and any sharding.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import multiprocessing
+import os
 import shutil
 import uuid
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import datasets
-import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
-from instructsd.data.build import (
-    SAMPLES_LICENSE,
-    UNKNOWN_LICENSE,
-    _datasets_progress,
-    card_metadata,
-    open_saved,
-    samples_grid,
-    save_atomically,
-)
+from instructsd.data.card import card, columns, sample_rows, samples_grid
 from instructsd.data.layouts import SPLIT_NAMES
-from instructsd.data.mixture import ROW_KEYS, Mixture, Plan, load_mixture, make_plan, make_rows
+from instructsd.data.load import open_saved
+from instructsd.data.mixture import ROW_KEYS, Mixture, load_mixture
+from instructsd.data.plan import Plan, make_plan
+from instructsd.data.rows import make_rows
 from instructsd.errors import InstructSDError
+from instructsd.files import atomic_write_text
 
 PLAN_FILE = "plan.json"
-_GRID_EXAMPLES = 4
+
+
+class NothingBuilt(InstructSDError):
+    """Every source image was skipped: there is no dataset to write."""
 
 
 def features(mixture: Mixture) -> datasets.Features:
+    """The one schema (:data:`instructsd.data.load.COLUMNS`), under the mixture's column names."""
     cols = mixture.columns
     return datasets.Features({
         cols["input_image"]: datasets.Image(),
@@ -83,6 +83,8 @@ def build_mixture(
     shard: tuple[int, int] = (0, 1),
     overwrite: bool = False,
     progress: bool = True,
+    command: str | None = None,
+    source_licenses: Sequence[Mapping[str, str]] | None = None,
 ) -> datasets.DatasetDict | None:
     """Build the dataset a mixture describes into ``out_dir``.
 
@@ -94,13 +96,17 @@ def build_mixture(
         shard: ``(I, N)``: make only every N-th chunk, starting at I.
         overwrite: replace an existing ``out_dir`` (and discard stale parts).
         progress: show a progress bar.
+        command: what rebuilds the dataset, for the card (default: the mixture build).
+        source_licenses: ``[{source, license}]`` of the photos, for the card, when the mixture
+            cannot say (photos passed in from Python).
 
     Returns:
         The saved dataset, or ``None`` for a shard (its parts folder is the result).
 
     Raises:
         InstructSDError: bad mixture, missing folders, unknown layouts, unmatched pairs,
-            an existing ``out_dir`` -- all before any image is processed.
+            an existing ``out_dir`` -- all before any image is processed; or every source
+            image was skipped (:class:`NothingBuilt`, reasons named).
     """
     if not isinstance(mixture, Mixture):
         mixture = load_mixture(mixture)
@@ -108,11 +114,12 @@ def build_mixture(
         raise InstructSDError(f"num_proc must be at least 1, got {num_proc}")
     out_dir = Path(out_dir).absolute()
     sharded = shard[1] > 1
-    if not sharded and out_dir.exists() and not overwrite:
-        raise InstructSDError(f"output folder '{out_dir}' exists; pass --overwrite or choose another folder")
+    if not sharded and out_dir.exists():
+        _check_replaceable(out_dir, overwrite=overwrite)  # before any work, not after it
     plan = make_plan(mixture)
     parts = out_dir if sharded else out_dir.with_name(out_dir.name + ".parts")
-    _open_parts(parts, plan, shard, overwrite=overwrite)
+    _open_parts(parts, plan, shard, overwrite=overwrite,
+                card_info={"command": command, "licenses": list(source_licenses or []) or None})
     todo = [c for c in range(plan.n_chunks) if c % shard[1] == shard[0]
             and not (parts / "chunks" / _chunk_name(c)).is_dir()]
     bar = tqdm(total=len(todo), desc="building chunks", unit="chunk", disable=not progress)
@@ -133,7 +140,11 @@ def build_mixture(
         bar.close()
     if sharded:
         return None
-    dataset = join_parts([parts], out_dir, overwrite=overwrite, progress=progress)
+    try:
+        dataset = join_parts([parts], out_dir, overwrite=overwrite, progress=progress)
+    except NothingBuilt:
+        shutil.rmtree(parts, ignore_errors=True)  # a rerun would skip the same images: nothing to resume
+        raise
     shutil.rmtree(parts, ignore_errors=True)
     return dataset
 
@@ -148,11 +159,11 @@ def _chunk_name(c: int) -> str:
     return f"{c:06d}"
 
 
-def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: bool) -> None:
+def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: bool, card_info: dict) -> None:
     """Create ``parts`` or check that it belongs to this plan (then its chunks are reused)."""
     meta = {"fingerprint": plan.fingerprint(), "n_chunks": plan.n_chunks, "n_items": plan.n_items,
             "shard": list(shard), "mixture": json.loads(json.dumps(dict(plan.mixture.raw), default=str)),
-            "skipped": plan.skipped}
+            "skipped": plan.skipped, "card": card_info}
     plan_file = parts / PLAN_FILE
     if parts.exists():
         if not plan_file.is_file():
@@ -171,13 +182,7 @@ def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: b
     (parts / "chunks").mkdir(parents=True, exist_ok=True)
     for stale in (parts / "chunks").glob(".*.tmp-*"):  # a chunk a killed build was writing
         shutil.rmtree(stale, ignore_errors=True)
-    _write_text(plan_file, json.dumps(meta, indent=1))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(plan_file, json.dumps(meta, indent=1))
 
 
 def write_chunk(plan: Plan, c: int, parts: Path) -> None:
@@ -211,11 +216,12 @@ def join_parts(
 
     Raises:
         InstructSDError: a folder is not a parts folder, the parts come from different
-            mixtures, or some chunks are missing (their shards are named).
+            mixtures, or some chunks are missing (their shards are named); :class:`NothingBuilt`
+            when no chunk holds a row.
     """
     out_dir = Path(out_dir).absolute()
-    if out_dir.exists() and not overwrite:
-        raise InstructSDError(f"output folder '{out_dir}' exists; pass --overwrite or choose another folder")
+    if out_dir.exists():
+        _check_replaceable(out_dir, overwrite=overwrite)
     if not parts_dirs:
         raise InstructSDError("give at least one parts folder to join")
     metas, chunks = [], {}
@@ -240,7 +246,14 @@ def join_parts(
             f"(re)run the build for shard(s) {', '.join(f'{s}/{n}' for s in shards)} and join again"
         )
     order = [chunks[c] for c in range(meta["n_chunks"])]
-    feats = features(Mixture(components=(), columns=_columns(meta["mixture"])))
+    feats = features(Mixture(components=(), columns=columns(meta["mixture"])))
+    skipped = "".join(json.dumps(s) + "\n" for s in meta.get("skipped", []))
+    skipped += "".join((p / "skipped.jsonl").read_text() for p in order)
+    if not any((p / split).is_dir() for p in order for split in SPLIT_NAMES):
+        records = [json.loads(line) for line in skipped.splitlines() if line.strip()]
+        why = f"; first: {records[0]['source']}: {records[0]['reason']}" if records else ""
+        raise NothingBuilt(f"no pairs were made: all {len(records)} items were skipped{why}; "
+                           "details in the parts' skipped.jsonl -- fix or remove those images")
     with _datasets_progress(progress):
         dataset = datasets.DatasetDict()
         for split in SPLIT_NAMES:
@@ -248,9 +261,7 @@ def join_parts(
             if pieces or split != "test":  # a test split only where the sources have one
                 dataset[split] = (datasets.concatenate_datasets(pieces) if pieces else
                                   datasets.Dataset.from_dict({k: [] for k in feats}, features=feats))
-    skipped = "".join(json.dumps(s) + "\n" for s in meta.get("skipped", []))
-    skipped += "".join((p / "skipped.jsonl").read_text() for p in order)
-    mixture_raw = meta["mixture"]
+    mixture_raw, card_info = meta["mixture"], meta.get("card") or {}
 
     def write(folder: Path) -> None:
         with _datasets_progress(progress):
@@ -260,114 +271,79 @@ def join_parts(
         (folder / "mixture.yaml").write_text(yaml.safe_dump(mixture_raw, sort_keys=False))
         grid = sample_rows(dataset, mixture_raw)
         samples_grid(grid).save(folder / "samples.png")
-        (folder / "README.md").write_text(card(dataset, mixture_raw, skipped), encoding="utf-8")
+        (folder / "README.md").write_text(card(dataset, mixture_raw, skipped, command=card_info.get("command"),
+                                               licenses=card_info.get("licenses")), encoding="utf-8")
 
     save_atomically(write, out_dir, overwrite=overwrite)
     return datasets.load_from_disk(str(out_dir))
 
 
-def _columns(mixture_raw: dict) -> dict[str, str]:
-    from instructsd.data.mixture import DEFAULT_COLUMNS
-
-    return {**DEFAULT_COLUMNS, **(mixture_raw.get("columns") or {})}
+# --- atomic save --------------------------------------------------------------------------
 
 
-def sample_rows(dataset: datasets.DatasetDict, mixture_raw: dict) -> dict[str, list]:
-    """Up to four (input, edited) arrays per task, from train (validation if train lacks it)."""
-    cols = _columns(mixture_raw)
-    grid: dict[str, list] = {}
-    for split in dataset:
-        tasks = dataset[split]["task"]
-        for i, task in enumerate(tasks):
-            if len(grid.setdefault(task, [])) < _GRID_EXAMPLES:
-                row = dataset[split][i]
-                grid[task].append((np.asarray(row[cols["input_image"]].convert("RGB")),
-                                   np.asarray(row[cols["edited_image"]].convert("RGB"))))
-    return grid
+def save_atomically(write: Callable[[Path], None], out_dir: Path, *, overwrite: bool) -> None:
+    """Run ``write(tmp)`` on a fresh sibling folder, then rename it to ``out_dir``.
+
+    A crash or error leaves either nothing or the previous ``out_dir``, never a half-written
+    dataset that ``load_from_disk`` might half-read. The rename is atomic because the
+    temporary folder is on the same filesystem (same parent).
+    """
+    out_dir = Path(os.path.abspath(out_dir))  # "." and "a/.." have no name to make a sibling of
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        write(tmp)
+        old = _move_aside(out_dir, overwrite=overwrite)
+        try:
+            tmp.rename(out_dir)
+        except BaseException:
+            if old is not None:
+                old.rename(out_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
 
 
-def source_licenses(mixture_raw: dict) -> list[dict[str, str]]:
-    """[{source, license}] of every component's images: what instructsd knows, and says when it does not."""
-    out: list[dict[str, str]] = []
-    for c in mixture_raw.get("components", []):
-        src, paired = c.get("source") or {}, c.get("paired") or {}
-        if src.get("samples"):
-            entry = SAMPLES_LICENSE
-        elif "dataset" in src:
-            entry = {"source": f"hub dataset {src['dataset']}", "license": "see that dataset's card"}
-        elif "folder" in src:
-            entry = {"source": f"photos in {src['folder']}", "license": UNKNOWN_LICENSE}
-        elif paired:
-            where = paired.get("root") or f"{paired.get('input')} / {paired.get('target')}"
-            entry = {"source": f"{paired['layout']} pairs at {where}",
-                     "license": "the distributing dataset's own terms (check them before sharing)"}
-        else:
-            continue
-        if entry not in out:
-            out.append(dict(entry))
-    return out
+def _move_aside(out_dir: Path, *, overwrite: bool) -> Path | None:
+    """Rename an existing ``out_dir`` out of the way (checked again: it may have appeared meanwhile)."""
+    if not out_dir.exists():
+        return None
+    _check_replaceable(out_dir, overwrite=overwrite)
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    out_dir.rename(old)
+    return old
 
 
-def card(dataset: datasets.DatasetDict, mixture_raw: dict, skipped: str) -> str:
-    """README.md: a YAML metadata block, how it was made, counts per split and task, skips, parameters, examples."""
-    cols = _columns(mixture_raw)
-    splits = list(dataset)
-    counts = {split: Counter(dataset[split]["task"]) for split in splits}
-    tasks = sorted(set().union(*counts.values()))
-    skip_rows = [json.loads(line) for line in skipped.splitlines() if line.strip()]
-    reasons = Counter(r["reason"].split(";")[0][:100] for r in skip_rows)
-    command = "instructsd data build OUT --mixture mixture.yaml (mixture.yaml is saved beside this card)"
-    lines = [
-        card_metadata(dataset, sources=source_licenses(mixture_raw), command=command),
-        "# instructsd instruction-editing dataset",
-        "",
-        f"Built by `instructsd data build --mixture` (seed {mixture_raw.get('seed', 0)}, "
-        f"{mixture_raw.get('size', 256)} px, instruction policy "
-        f"`{mixture_raw.get('instructions', 'sampled')}`). Load with `datasets.load_from_disk(path)`.",
-        "",
-        "Columns: " + ", ".join(f"`{c}`" for c in (*cols.values(), *ROW_KEYS))
-        + (". `deferred` rows have an empty instruction: the trainer samples a paraphrase of "
-           "the row's `task` each time it uses the row." if mixture_raw.get("instructions") == "deferred" else "."),
-        "",
-        "| task | " + " | ".join(splits) + " |",
-        "|---|" + "---|" * len(splits),
-    ]
-    lines += [f"| {t} | " + " | ".join(str(counts[s][t]) for s in splits) + " |" for t in tasks]
-    lines += [f"| **all** | " + " | ".join(str(len(dataset[s])) for s in splits) + " |", ""]
-    lines += _splits_note(dataset)
-    lines += ["## Components (the mixture, as given)", "", "```yaml",
-              yaml.safe_dump(mixture_raw.get("components", []), sort_keys=False).rstrip(), "```", ""]
-    from instructsd.data.degradations import DEGRADATIONS
-
-    used = sorted({(d if isinstance(d, str) else d.get("name"))
-                   for c in mixture_raw.get("components", []) for d in c.get("degradations", [])})
-    if used:
-        lines += ["## Degradation parameter ranges (defaults; overrides are in the components)", ""]
-        from instructsd.data.degradations import GROUPS
-
-        for name in used:
-            for member in GROUPS.get(name, (name,)):
-                ranges = ", ".join(f"{k} ∈ [{lo:g}, {hi:g}]" for k, (lo, hi) in DEGRADATIONS[member].ranges.items())
-                lines.append(f"- `{member}`: {ranges}")
-        lines.append("")
-    lines += [f"## Skipped source images: {len(skip_rows)} (details in `skipped.jsonl`)", ""]
-    lines += [f"- {n} × {reason}" for reason, n in reasons.most_common(10)]
-    lines += ["", "## Examples (input | edited)", "", "![samples](samples.png)", ""]
-    return "\n".join(lines)
+def _check_replaceable(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to replace ``out_dir`` unless asked to, and never replace anything that isn't a dataset."""
+    if not overwrite:
+        raise InstructSDError(f"output folder '{out_dir}' exists; pass overwrite=True (--overwrite) "
+                              "or choose another folder")
+    # overwrite deletes the old folder: only do that to a dataset (or an empty folder), so a
+    # mistyped path such as the home directory is never wiped.
+    if not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "dataset_dict.json").is_file()):
+        raise InstructSDError(f"'{out_dir}' exists and is not a dataset built by instructsd; refusing to replace "
+                              "it even with overwrite=True; choose another folder")
+    if Path.cwd().resolve().is_relative_to(out_dir.resolve()):
+        raise InstructSDError(f"'{out_dir}' is or contains the current directory, which overwrite would delete; "
+                              "run from elsewhere or choose another folder")
 
 
-def _splits_note(dataset: datasets.DatasetDict) -> list[str]:
-    """Where each split's rows come from: official parts, or carved by group (issue 12)."""
-    lines = ["## Splits", "",
-             "Official parts of paired datasets keep their split (`part` column); `validation` rows "
-             "without a part are carved from training pairs by group (`group` column: sequence, scene "
-             "or photo), so no group is in two splits.", "",
-             "| split | official parts (rows) | groups |", "|---|---|---|"]
-    for split, ds in dataset.items():
-        parts = Counter(p for p in ds["part"] if p)
-        named = ", ".join(f"{p} ({n})" for p, n in sorted(parts.items())) or "—"
-        lines.append(f"| {split} | {named} | {len(set(ds['group']))} |")
-    return lines + [""]
+@contextlib.contextmanager
+def _datasets_progress(enabled: bool) -> Iterator[None]:
+    """Silence datasets' own bars when ``progress=False``; its switch is global, so restore it."""
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not enabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            datasets.enable_progress_bars()
 
 
 # --- export --------------------------------------------------------------------------------
