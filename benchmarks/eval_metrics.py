@@ -27,7 +27,8 @@ import numpy as np
 from PIL import Image
 
 from instructsd.edit.editor import EditSettings, edit_images, load_editor
-from instructsd.eval.features import Example, MetricSuite, captions_for, save_tiny_clip, save_tiny_dino
+from instructsd.eval.rows import Example, captions_for
+from instructsd.eval.suite import MetricSuite, save_tiny_clip, save_tiny_dino
 from instructsd.eval.metrics import PIXEL_METRICS, summarize
 from instructsd.models.tiny import init_tiny
 

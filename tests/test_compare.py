@@ -14,7 +14,7 @@ from instructsd.cli import run
 from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.eval.compare import _generalization, model_labels
-from instructsd.eval.features import save_tiny_clip, save_tiny_dino
+from instructsd.eval.suite import save_tiny_clip, save_tiny_dino
 from instructsd.models.tiny import init_tiny
 
 

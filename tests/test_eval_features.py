@@ -9,15 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from instructsd.eval.features import (
-    CLIP_METRICS,
-    ClipEmbedder,
-    Example,
-    MetricSuite,
-    captions_for,
-    save_tiny_clip,
-    save_tiny_dino,
-)
+from instructsd.eval.rows import Example, captions_for
+from instructsd.eval.suite import CLIP_METRICS, ClipEmbedder, MetricSuite, save_tiny_clip, save_tiny_dino
 from instructsd.eval.metrics import LOWER_IS_BETTER, PIXEL_METRICS, l1, l2, psnr, psnr_y, ssim_y
 from instructsd.eval.provenance import model_hashes, package_versions, provenance, sha256_file
 

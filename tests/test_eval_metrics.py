@@ -214,7 +214,7 @@ def test_write_report_contains_every_section(tmp_path) -> None:
         tmp_path / "run",
         title="Tiny <eval> run",
         examples={"denoise": [_example("<script>alert(1)</script>")], "colorize": [_example("make it red", 8)]},
-        metrics=metrics,
+        summary=metrics,
         loss_curve=loss,
         notes=["trained 200 steps"],
         config={"lr": 1e-4, "data": {"path": tmp_path}},
@@ -238,7 +238,7 @@ def test_write_report_contains_every_section(tmp_path) -> None:
 
 
 def test_write_report_without_optional_sections(tmp_path) -> None:
-    path = write_report(tmp_path / "r.html", title="t", examples={}, metrics=[])
+    path = write_report(tmp_path / "r.html", title="t", examples={}, summary=[])
     page = path.read_text(encoding="utf-8")
     assert path.name == "r.html" and "<svg" not in page and "No metrics" in page
 

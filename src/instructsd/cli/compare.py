@@ -54,8 +54,8 @@ def compare_cmd(
     from instructsd.data.load import Columns
     from instructsd.edit.editor import EditSettings, default_device
     from instructsd.errors import InstructSDError
-    from instructsd.eval.compare import check_sweep, model_labels, run_compare
-    from instructsd.eval.features import MetricSuite
+    from instructsd.eval.compare import check_sweep, format_table, model_labels, run_compare
+    from instructsd.eval.suite import MetricSuite
 
     extra = [a for a in ctx.args]
     flags = [a for a in extra if a.startswith("-")]
@@ -77,8 +77,5 @@ def compare_cmd(
                          columns=Columns(input_column, edited_column, prompt_column, task_column, group_column))
     for note in result.notes:
         typer.echo(f"note: {note}")
-    keys = [k for k in ("psnr", "ssim", "clip_dir", "clip_i", "dino") if any(k in r for r in result.summary)]
-    typer.echo(f"{'task':<12} {'method':<16} {'n':>4} " + " ".join(f"{k:>9}" for k in keys))
-    for row in result.summary:
-        typer.echo(f"{row['task']:<12} {row['method']:<16} {row['n']:>4} " + " ".join(f"{row[k]:>9.3f}" for k in keys))
+    typer.echo(format_table(result.summary, ("psnr", "ssim", "clip_dir", "clip_i", "dino")))
     typer.echo(f"report: {result.report}")

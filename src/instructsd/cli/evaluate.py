@@ -31,23 +31,25 @@ def eval_cmd(
     dino: str = typer.Option("none", help="DINO ViT model (hub id or folder) for the DINO score, or none."),
     lpips: str = typer.Option("none", help="LPIPS backbone (alex or vgg; needs the lpips package), or none."),
 ) -> None:
-    """PSNR and SSIM (and, on request, every other metric) of a model's edits, beside the identity baseline."""
-    from instructsd.edit.editor import EditSettings, default_device, load_editor
-    from instructsd.eval.features import MetricSuite, disabled
-    from instructsd.eval.run import format_table, run_eval
-    from instructsd.data.load import Columns, load_split
+    """PSNR and SSIM (and, on request, every other metric) of a model's edits, beside the identity baseline.
+
+    This is `instructsd compare` with one model, labelled "model", and no sweep; its report embeds
+    the example images, so report.html can be sent on its own.
+    """
+    from instructsd.data.load import Columns
+    from instructsd.edit.editor import EditSettings, default_device
+    from instructsd.eval.compare import format_table, run_compare
+    from instructsd.eval.suite import MetricSuite, disabled
 
     settings = EditSettings(num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance)
-    columns = Columns(input_column, edited_column, prompt_column, task_column, group_column)
-    rows = load_split(dataset, split, columns)
     device = device or default_device()
-    pipe = load_editor(model, device=device)
     # Without any network metric asked for, the classic PSNR / SSIM evaluation; otherwise the whole suite.
     wanted = not all(disabled(x) for x in (clip, dino, lpips))
-    suite = MetricSuite.load(clip, dino, lpips, device=device) if wanted else None
-    summary, report = run_eval(pipe, rows, out, settings=settings, per_task=per_task, seed=seed,
-                               title=f"Evaluation of {model}", suite=suite, columns=columns)
-    for note in suite.notes if suite is not None else []:
+    suite = MetricSuite.load(clip, dino, lpips, device=device) if wanted else MetricSuite.headline()
+    result = run_compare({"model": model}, dataset, out, split=split, settings=settings, per_task=per_task, seed=seed,
+                         suite=suite, sweep=(), device=device, title=f"Evaluation of {model}", embed_images=True,
+                         columns=Columns(input_column, edited_column, prompt_column, task_column, group_column))
+    for note in result.notes:
         typer.echo(f"note: {note}")
-    typer.echo(format_table(summary))
-    typer.echo(f"report: {report}")
+    typer.echo(format_table(result.summary))
+    typer.echo(f"report: {result.report}")

@@ -1,4 +1,10 @@
-"""Model vs model vs teacher: the same images, instructions and seeds, scored by one metric suite.
+"""The one scorer: models vs the identity and ground-truth baselines (and a teacher), on the same
+images, instructions and seeds, scored by one metric suite.
+
+`instructsd compare` is this with several models and every metric; `instructsd eval` is this with
+one model ("model") and the PSNR/SSIM suite. In-training validation and the tiny base's card score
+their edits with :func:`score_outputs` on the same rows (``eval.rows``) and aggregate them with the
+same ``eval.metrics.summarize``.
 
     rows of a split ──► identity (input unchanged) │ ground truth │ teacher model │ model A │ model B …
                          every edit through instructsd.edit.editor.edit_images, row i seeded seed + i
@@ -22,24 +28,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from instructsd.data.load import Columns, load_split
-from instructsd.edit.editor import EditSettings, edit_images, fit_size, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, load_editor
 from instructsd.errors import InstructSDError
-from instructsd.eval.evaluate import NO_TASK, instruction_for, select_per_task
-from instructsd.eval.features import Example, MetricSuite, captions_for, mean_scores
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
-from instructsd.eval.report import _atomic_write
+from instructsd.eval.report import GROUND_TRUTH, write_report
+from instructsd.eval.rows import DATASET_SET, INSTRUCTION_SETS, Example, paraphrases, prepare_rows
+from instructsd.eval.suite import MetricSuite, mean_scores
+from instructsd.files import atomic_write_bytes
 
 IDENTITY = "identity"
-GROUND_TRUTH = "ground_truth"
 TEACHER = "teacher"
-DATASET_SET = "dataset"  # the instruction stored in each row
-INSTRUCTION_SETS = (DATASET_SET, "canonical", "seen", "held_out")
 
 
 @dataclass
@@ -53,16 +56,6 @@ class CompareResult:
     sweep: list[dict] = field(default_factory=list)
     generalization: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Row:
-    index: int
-    task: str
-    instruction: str
-    example: Example
-    seed: int
-    source: str | None = None  # the photo the row was cropped from: what the bootstrap resamples
 
 
 # ----------------------------------------------------------------------------
@@ -93,27 +86,7 @@ def _slug(text: str) -> str:
 def _save_png(image: Image.Image, path: Path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    _atomic_write(path, buf.getvalue())
-
-
-def _instructions(rows: list[_Row], which: str, seed: int) -> list[str]:
-    """The instruction for each row under one instruction set (seeded per row)."""
-    if which == DATASET_SET:
-        return [r.instruction for r in rows]
-    try:
-        from instructsd.data import instructions as bank
-    except ImportError as err:
-        raise InstructSDError(f"instruction set '{which}' needs instructsd.data.instructions ({err})") from err
-    out = []
-    for r in rows:
-        if which == "canonical":
-            out.append(bank.canonical_instruction(r.task))
-        elif which in ("seen", "held_out"):
-            rng = np.random.default_rng([seed, r.index, 7])  # same draw for every model
-            out.append(bank.sample_instruction(r.task, rng, held_out=which == "held_out"))
-        else:
-            raise InstructSDError(f"unknown instruction set '{which}'; use one of {', '.join(INSTRUCTION_SETS)}")
-    return out
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def check_sweep(sweep: Sequence[float], settings: EditSettings) -> None:
@@ -125,6 +98,42 @@ def check_sweep(sweep: Sequence[float], settings: EditSettings) -> None:
             raise InstructSDError(f"image-guidance sweep: {scale!r} is not a number") from None
         except InstructSDError as err:
             raise InstructSDError(f"image-guidance sweep: {err}") from None
+
+
+# ----------------------------------------------------------------------------
+# Scoring: every caller's per-image rows come from here
+
+
+def edit_rows(pipe, rows: Sequence[Example], settings: EditSettings, texts: Sequence[str] | None = None, *,
+              batch_size: int = 8, progress=None) -> list[Image.Image]:
+    """Edit every example with its own seed, by its own instruction or by ``texts``."""
+    return edit_images(pipe, [r.source for r in rows], [r.instruction for r in rows] if texts is None else list(texts),
+                       settings, seeds=[r.seed for r in rows], batch_size=batch_size, progress=progress)
+
+
+def score_outputs(method: str, outputs: Sequence[Image.Image], rows: Sequence[Example], suite: MetricSuite, *,
+                  texts: Sequence[str] | None = None, instruction_set: str = DATASET_SET, scale: float | None = None,
+                  paths: Sequence[str] | None = None) -> list[dict]:
+    """One per-image row per output: where it came from, how it was made, and every metric of ``suite``.
+
+    These rows are what ``eval.metrics.summarize`` aggregates for every caller.
+    """
+    texts = [r.instruction for r in rows] if texts is None else texts
+    scored = []
+    for k, (r, image, text) in enumerate(zip(rows, outputs, texts)):
+        scored.append({"index": r.index, "task": r.task, "source": r.photo, "method": method,
+                       "instruction_set": instruction_set, "image_guidance": scale, "instruction": text, "seed": r.seed,
+                       **({"image": paths[k]} if paths is not None else {}), **suite.score(image, r, key=r.index)})
+    return scored
+
+
+def score_model(pipe, rows: Sequence[Example], settings: EditSettings, suite: MetricSuite | None = None, *,
+                label: str = "model", batch_size: int = 8) -> list[dict]:
+    """The model's rows and the identity baseline's (the input returned unchanged), PSNR/SSIM by default."""
+    suite = suite or MetricSuite.headline()
+    return [*score_outputs(IDENTITY, [r.source for r in rows], rows, suite),
+            *score_outputs(label, edit_rows(pipe, rows, settings, batch_size=batch_size), rows, suite,
+                           scale=settings.image_guidance_scale)]
 
 
 # ----------------------------------------------------------------------------
@@ -154,18 +163,21 @@ def run_compare(
     curves: Mapping[str, Mapping[str, list]] | None = None,
     progress: bool = True,
     columns: Columns = Columns(),
+    embed_images: bool = False,
 ) -> CompareResult:
     """Edit and score every model (plus identity, ground truth and an optional teacher model).
 
     models: {label: hub id or local folder}. pipes: already-loaded pipelines by label, used
-    instead of loading (experiments keep their models in memory). instruction_sets: extra
-    sets besides each row's own instruction, from ``INSTRUCTION_SETS``, for the
-    generalisation table. sweep: image-guidance scales for the CLIP trade-off curve (empty
-    to skip; needs CLIP). batch_size: images per pipeline call (results do not depend on it:
-    every image has its own seeded generator). curves: {metric: {series: [(step, value)]}},
-    validation curves drawn in the report and stored in metrics.json. columns: the dataset's
-    column names (TrainConfig's ``*_column`` keys); dataset: a saved folder, parquet shards or
-    a hub id (see ``instructsd.data.load``).
+    instead of loading (experiments keep their models in memory). suite: the metrics (default:
+    every pixel metric, no network). instruction_sets: extra sets besides each row's own
+    instruction, from ``INSTRUCTION_SETS``, for the generalisation table. sweep: image-guidance
+    scales for the CLIP trade-off curve (empty to skip; needs CLIP). batch_size: images per
+    pipeline call (results do not depend on it: every image has its own seeded generator).
+    curves: {metric: {series: [(step, value)]}}, validation curves drawn in the report and stored
+    in metrics.json. columns: the dataset's column names (TrainConfig's ``*_column`` keys);
+    dataset: a saved folder, parquet shards or a hub id (see ``instructsd.data.load``).
+    embed_images: put the example grids into report.html itself (a page that travels alone, as
+    `instructsd eval` writes it) rather than linking the run folder's images.
     """
     out = Path(out)
     if not models and teacher is None:
@@ -178,49 +190,30 @@ def run_compare(
     if teacher is not None:
         methods = {TEACHER: str(teacher), **methods}
     suite = suite or MetricSuite.load(None, None, None)
-    data = load_split(dataset, split, columns)
-    picked = select_per_task(data, per_task, columns.task_column)
-    if not picked:
+    rows = prepare_rows(load_split(dataset, split, columns), per_task=per_task, seed=seed, columns=columns,
+                        max_side=settings.max_side)
+    if not rows:
         raise InstructSDError(f"dataset '{dataset}' split '{split}' has no rows to compare on")
     all_notes = [*notes, *suite.notes]
-
-    rows: list[_Row] = []
-    for i in picked:
-        raw = data[i]
-        task = str(raw.get(columns.task_column) or NO_TASK)
-        source = fit_size(raw[columns.input_column].convert("RGB"))
-        target = raw[columns.edited_column].convert("RGB").resize(source.size, Image.LANCZOS)
-        cin, cout = captions_for(task, raw)
-        photo = raw.get(columns.group_column)
-        rows.append(_Row(i, task, instruction_for(raw[columns.prompt_column], task), Example(source, target, cin, cout),
-                         seed + i, None if photo is None else str(photo)))
-    if suite.clip is not None and any(r.example.input_caption is None for r in rows):
-        missing = sorted({r.task for r in rows if r.example.input_caption is None})
+    if suite.clip is not None and any(r.input_caption is None for r in rows):
+        missing = sorted({r.task for r in rows if r.input_caption is None})
         raise InstructSDError(f"no captions for task(s) {', '.join(missing)}: add input_caption/output_caption columns "
                               f"to the dataset or skip CLIP metrics with --clip none")
 
     # Inputs and ground truth are written once; identity links to the input.
-    for r in rows:
-        _save_png(r.example.source, out / "images" / "input" / f"{r.index:05d}.png")
-        _save_png(r.example.target, out / "images" / GROUND_TRUTH / f"{r.index:05d}.png")
+    def paths(folder: str) -> list[str]:
+        return [f"images/{folder}/{r.index:05d}.png" for r in rows]
 
-    per_image: list[dict] = []
+    def saved(images: list[Image.Image], folder: str) -> list[str]:
+        for image, rel in zip(images, paths(folder)):
+            _save_png(image, out / rel)
+        return paths(folder)
 
-    def score(method: str, outputs: list[Image.Image], folder: str, which: str, instructions: list[str],
-              scale: float | None) -> list[dict]:
-        scored = []
-        for r, image, text in zip(rows, outputs, instructions):
-            rel = f"images/{folder}/{r.index:05d}.png"
-            if folder not in ("input", GROUND_TRUTH):
-                _save_png(image, out / rel)
-            scored.append({"index": r.index, "task": r.task, "source": r.source, "method": method, "instruction_set": which,
-                           "image_guidance": scale, "instruction": text, "seed": r.seed, "image": rel,
-                           **suite.score(image, r.example, key=r.index)})
-        return scored
-
-    dataset_texts = [r.instruction for r in rows]
-    per_image += score(IDENTITY, [r.example.source for r in rows], "input", DATASET_SET, dataset_texts, None)
-    per_image += score(GROUND_TRUTH, [r.example.target for r in rows], GROUND_TRUTH, DATASET_SET, dataset_texts, None)
+    per_image = score_outputs(IDENTITY, [r.source for r in rows], rows, suite,
+                              paths=saved([r.source for r in rows], "input"))
+    per_image += score_outputs(GROUND_TRUTH, [r.target for r in rows], rows, suite,
+                               paths=saved([r.target for r in rows], GROUND_TRUTH))
+    outputs: dict[str, list[Image.Image]] = {}  # the main table's edits, for embedded grids
 
     sweep_points: list[dict] = []
     sweep_rows: list[dict] = []
@@ -232,25 +225,25 @@ def run_compare(
     bar = tqdm(total=len(methods) * (1 + len(sets) + len(sweep)), desc="compare", disable=not progress, dynamic_ncols=True)
     for label, source in methods.items():
         pipe = (pipes or {}).get(label) or load_editor(source, device=device)
-        seeds = [r.seed for r in rows]
-        images = edit_images(pipe, [r.example.source for r in rows], dataset_texts, settings, seeds=seeds, batch_size=batch_size)
-        scored = score(label, images, _slug(label), DATASET_SET, dataset_texts, settings.image_guidance_scale)
+        outputs[label] = edit_rows(pipe, rows, settings, batch_size=batch_size)
+        scored = score_outputs(label, outputs[label], rows, suite, scale=settings.image_guidance_scale,
+                               paths=saved(outputs[label], _slug(label)))
         per_image += scored
         gen_rows += scored
         bar.update(1)
         for which in sets:
-            texts = _instructions(rows, which, seed)
-            images = edit_images(pipe, [r.example.source for r in rows], texts, settings, seeds=seeds, batch_size=batch_size)
-            gen_rows += score(label, images, f"{which}/{_slug(label)}", which, texts, settings.image_guidance_scale)
+            texts = paraphrases(rows, which, seed)
+            images = edit_rows(pipe, rows, settings, texts, batch_size=batch_size)
+            gen_rows += score_outputs(label, images, rows, suite, texts=texts, instruction_set=which,
+                                      scale=settings.image_guidance_scale, paths=saved(images, f"{which}/{_slug(label)}"))
             bar.update(1)
         for scale in sweep:
             if scale == settings.image_guidance_scale:
                 pts = scored
             else:
-                images = edit_images(pipe, [r.example.source for r in rows], dataset_texts,
-                                     replace(settings, image_guidance_scale=float(scale)), seeds=seeds,
-                                     batch_size=batch_size)
-                pts = score(label, images, f"sweep/{_slug(label)}/ig{scale:g}", "sweep", dataset_texts, float(scale))
+                images = edit_rows(pipe, rows, replace(settings, image_guidance_scale=float(scale)), batch_size=batch_size)
+                pts = score_outputs(label, images, rows, suite, instruction_set="sweep", scale=float(scale),
+                                    paths=saved(images, f"sweep/{_slug(label)}/ig{scale:g}"))
                 sweep_rows += pts  # kept apart from the main table: other settings than every other method
             sweep_points.append({"method": label, "image_guidance": float(scale), "n": len(pts),
                                  **mean_scores(pts, ("clip_image", "clip_dir", "clip_t", "psnr"))})
@@ -270,24 +263,34 @@ def run_compare(
         **(dict(config) if config else {}),
     }
     seeds_info = {"base": seed, "rule": "row i is edited with seed + i by every method and instruction set",
-                  "instruction_sampling": "numpy default_rng([seed, row, 7])",
+                  "instruction_sampling": "numpy default_rng([seed, row]) (instructsd.eval.rows.paraphrases)",
                   "bootstrap": {"seed": BOOTSTRAP_SEED, "resamples": BOOTSTRAP_RESAMPLES, "interval": "95% percentile",
                                 "resamples_groups_of": columns.group_column}}
-    doc = {"title": title, "config": run_config, "seeds": seeds_info, "provenance": prov, "metrics": keys,
+    # settings, seed, columns and metric_models also stand at the top, where `instructsd eval` wrote them.
+    doc = {"title": title, "config": run_config, "settings": asdict(settings), "seed": seed, "columns": asdict(columns),
+           "metric_models": suite.sources, "seeds": seeds_info, "provenance": prov, "metrics": keys,
            "notes": all_notes, "summary": summary, "per_image": per_image, "sweep": sweep_points,
            "generalization": generalization, "generalization_per_image": [r for r in gen_rows if r["instruction_set"] != DATASET_SET],
            "sweep_per_image": sweep_rows, "curves": curves or {}}
-    _atomic_write(out / "metrics.json", json.dumps(doc, indent=2, default=str).encode())
+    atomic_write_bytes(out / "metrics.json", json.dumps(doc, indent=2, default=str).encode())
     _write_csv(out / "metrics.csv", per_image + doc["generalization_per_image"] + sweep_rows)
 
-    from instructsd.eval.compare_report import write_compare_report
-
-    examples = _grid_rows(rows, list(methods), examples_per_task)
-    report = write_compare_report(out / "report.html", title=title, summary=summary, keys=keys, examples=examples,
-                                  methods=[IDENTITY, GROUND_TRUTH, *methods], sweep=sweep_points,
-                                  generalization=generalization, notes=all_notes, config=run_config,
-                                  seeds=seeds_info, provenance=prov, curves=curves)
+    examples = _grid_rows(rows, outputs, examples_per_task, embed_images)
+    report = write_report(out / "report.html", title=title, summary=summary, keys=keys, examples=examples,
+                          methods=[IDENTITY, GROUND_TRUTH, *methods], sweep=sweep_points,
+                          generalization=generalization, notes=all_notes, config=run_config,
+                          seeds=seeds_info, provenance=prov, curves=curves)
     return CompareResult(out, report, summary, per_image, sweep_points, generalization, all_notes)
+
+
+def format_table(summary: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> str:
+    """The summary as an aligned text table for the terminal."""
+    keys = [k for k in keys if any(k in r for r in summary)]
+    lines = [f"{'task':<12} {'method':<16} {'n':>4} {'photos':>6} " + " ".join(f"{k:>9}" for k in keys)]
+    for row in summary:
+        lines.append(f"{row['task']:<12} {row['method']:<16} {row['n']:>4} {row['n_groups']:>6} "
+                     + " ".join(f"{row[k]:>9.3f}" for k in keys))
+    return "\n".join(lines)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -298,18 +301,23 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def _grid_rows(rows: list[_Row], methods: list[str], per_task: int) -> dict[str, list[dict]]:
-    """Per task, up to ``per_task`` grid rows of relative image paths: input | ground truth | each model."""
+def _grid_rows(rows: list[Example], outputs: Mapping[str, list[Image.Image]], per_task: int,
+               embed: bool) -> dict[str, list[dict]]:
+    """Per task, up to ``per_task`` grid rows, input | ground truth | each model: relative image paths,
+    or the images themselves when ``embed``."""
     grids: dict[str, list[dict]] = {}
-    for r in rows:
+    for k, r in enumerate(rows):
         shown = grids.setdefault(r.task, [])
         if len(shown) >= per_task:
             continue
-        cells = [("input", f"images/input/{r.index:05d}.png"), ("ground truth", f"images/{GROUND_TRUTH}/{r.index:05d}.png")]
-        cells += [(m, f"images/{_slug(m)}/{r.index:05d}.png") for m in methods]
+        if embed:
+            cells = [("input", r.source), ("ground truth", r.target), *((m, images[k]) for m, images in outputs.items())]
+        else:
+            cells = [("input", f"images/input/{r.index:05d}.png"), ("ground truth", f"images/{GROUND_TRUTH}/{r.index:05d}.png")]
+            cells += [(m, f"images/{_slug(m)}/{r.index:05d}.png") for m in outputs]
         shown.append({"instruction": r.instruction, "index": r.index, "images": cells})
     return grids
 

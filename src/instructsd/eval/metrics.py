@@ -199,6 +199,20 @@ PIXEL_METRICS: dict[str, Metric] = {
 # Metrics where a smaller value is the better one (the report marks the minimum as best).
 LOWER_IS_BETTER = frozenset({"l1", "l2", "lpips"})
 
+# Digits shown per metric; others use 4 significant digits.
+METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "psnr_y": "{:.2f}", "ssim_y": "{:.3f}", "l1": "{:.4f}",
+                   "l2": "{:.4f}", "lpips": "{:.3f}", "clip_image": "{:.3f}", "clip_dir": "{:.3f}", "clip_t": "{:.3f}",
+                   "clip_i": "{:.3f}", "dino": "{:.3f}"}
+METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "psnr_y": "PSNR-Y (dB) ↑", "ssim_y": "SSIM-Y ↑",
+                  "l1": "L1 ↓", "l2": "L2 ↓", "lpips": "LPIPS ↓", "clip_image": "CLIP image sim. (input) ↑",
+                  "clip_dir": "CLIP direction ↑", "clip_t": "CLIP-T ↑", "clip_i": "CLIP-I (ground truth) ↑",
+                  "dino": "DINO (ground truth) ↑"}
+
+
+def format_metric(key: str, value: float) -> str:
+    """``value`` with the digits reports show for metric ``key`` (4 significant digits if unknown)."""
+    return METRIC_FORMATS.get(key, "{:.4g}").format(value)
+
 
 # ----------------------------------------------------------------------------
 # Summary: mean and 95% percentile-bootstrap interval (Efron & Tibshirani 1993, ch. 13),

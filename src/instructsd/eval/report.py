@@ -1,9 +1,14 @@
-"""An evaluation run as one self-contained HTML page, and example grids as PNG contact sheets.
+"""The one HTML report of an evaluation run, and example grids as PNG contact sheets.
 
-The page needs no server and no files beside it: images are embedded as base64 PNG and the
-loss curve is an inline SVG drawn here, so a report can be mailed or attached to an issue.
-All text from users (instructions, notes, labels, config values) goes through html.escape,
-because instructions come from datasets and may contain markup.
+`instructsd eval`, `instructsd compare`, experiments and the quickstart all write their page with
+:func:`write_report`: metric tables (mean and 95% interval per task and method), per-task bar
+charts, validation curves, the image-guidance sweep, the instruction-generalisation table, example
+grids and what reproduces the run. Every section but the title is optional. Example images are
+either *linked* (relative ``images/...png`` paths inside the run folder, as a comparison holding
+every output does) or *embedded* as base64 PNG (a page that can be mailed or attached to an
+issue on its own, as `instructsd eval` writes). Plots are SVG (``eval.plots``), so a report needs
+no server and no plotting library. All text from users (instructions, notes, labels, config
+values) goes through html.escape, because instructions come from datasets and may contain markup.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import html
 import io
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,20 +28,16 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, to_array
+from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, METRIC_TITLES, format_metric, to_array
+from instructsd.eval.plots import bar_chart_svg, curves_svg, loss_svg, sweep_svg
+from instructsd.eval.suite import VS_GROUND_TRUTH
+from instructsd.files import atomic_write_bytes
 
 # Images smaller than this (longest side, px) are enlarged by a whole factor for viewing;
 # nearest-neighbour keeps their pixels honest, which matters when judging 32-64 px test edits.
 MIN_VIEW_PX = 160
 
-# Digits shown per metric; others use 4 significant digits.
-_METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "psnr_y": "{:.2f}", "ssim_y": "{:.3f}", "l1": "{:.4f}",
-                   "l2": "{:.4f}", "lpips": "{:.3f}", "clip_image": "{:.3f}", "clip_dir": "{:.3f}", "clip_t": "{:.3f}",
-                   "clip_i": "{:.3f}", "dino": "{:.3f}"}
-_METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "psnr_y": "PSNR-Y (dB) ↑", "ssim_y": "SSIM-Y ↑",
-                  "l1": "L1 ↓", "l2": "L2 ↓", "lpips": "LPIPS ↓", "clip_image": "CLIP image sim. (input) ↑",
-                  "clip_dir": "CLIP direction ↑", "clip_t": "CLIP-T ↑", "clip_i": "CLIP-I (ground truth) ↑",
-                  "dino": "DINO (ground truth) ↑"}
+GROUND_TRUTH = "ground_truth"  # the reference method: shown in tables, never marked best
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -52,28 +52,18 @@ img { image-rendering: pixelated; display: block; }
 table.grid td { border: none; padding: 2px; }
 table.grid td.instruction { font-style: italic; padding-bottom: 1em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
+img.cell { width: 128px; height: auto; }
+.plots svg { margin: 0 1em 1em 0; }
+details { margin: 0.5em 0 1.5em; }
 """
 
 
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
 # ----------------------------------------------------------------------------
-# Files
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder, so os.replace is a rename on one filesystem; "x" mode honours the umask,
-    # unlike tempfile's 0600 files, so the report stays readable by whoever could read the folder.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+# Images
 
 
 def _rgb(img: Image.Image | np.ndarray) -> Image.Image:
@@ -101,10 +91,6 @@ def _metric_keys(row: Mapping[str, Any]) -> list[str]:
     return [k for k in row if f"{k}_lo" in row and f"{k}_hi" in row]
 
 
-def _fmt(key: str, value: float) -> str:
-    return _METRIC_FORMATS.get(key, "{:.4g}").format(value)
-
-
 def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] | set[str] = frozenset(),
                      heading: str = "Metrics") -> str:
     """The summary table; methods in `references` (e.g. the ground truth) are shown but never marked best."""
@@ -128,7 +114,7 @@ def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] |
             sign = -1.0 if k in LOWER_IS_BETTER else 1.0
             best[row["task"], k] = max(best.get((row["task"], k), -math.inf), sign * row[k])
 
-    head = "".join(f"<th>{html.escape(_METRIC_TITLES.get(k, k))}</th>" for k in keys)
+    head = "".join(f"<th>{html.escape(METRIC_TITLES.get(k, k))}</th>" for k in keys)
     # How many photos (clusters) each interval rests on: the bootstrap resamples those, not crops.
     photos = any("n_groups" in row for row in metrics)
     lines = [f"<h2>{html.escape(heading)}</h2><table><tr><th>task</th><th>method</th><th>n</th>"
@@ -140,8 +126,8 @@ def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] |
             sign = -1.0 if k in LOWER_IS_BETTER else 1.0
             is_best = (row["method"] not in references and methods.get(task, 0) > 1
                        and sign * row[k] == best[task, k])
-            ci = f'<span class="ci">[{_fmt(k, row[f"{k}_lo"])}, {_fmt(k, row[f"{k}_hi"])}]</span>'
-            cells.append(f'<td class="num{" best" if is_best else ""}">{_fmt(k, row[k])} {ci}</td>')
+            ci = f'<span class="ci">[{format_metric(k, row[f"{k}_lo"])}, {format_metric(k, row[f"{k}_hi"])}]</span>'
+            cells.append(f'<td class="num{" best" if is_best else ""}">{format_metric(k, row[k])} {ci}</td>')
         pooled = ' class="pooled"' if task == ALL_TASKS else ""
         photos_cell = f'<td class="num">{int(row.get("n_groups", row["n"]))}</td>' if photos else ""
         lines.append(
@@ -159,10 +145,19 @@ def _pairs(images: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> list[tuple[
     return list(images.items()) if isinstance(images, Mapping) else [tuple(p) for p in images]
 
 
-def _examples_section(examples: Mapping[str, list[dict[str, Any]]]) -> str:
+def _cell(label: str, image: Any) -> str:
+    """A grid cell: a path (str) is linked, relative to the report; an image is embedded."""
+    if isinstance(image, (str, os.PathLike)):
+        return f'<td><a href="{_e(image)}"><img class="cell" src="{_e(image)}" alt="{_e(label)}"></a></td>'
+    uri, w, h = _png_data_uri(image)
+    return f'<td><img src="{uri}" width="{w}" height="{h}" alt="{_e(label)}"></td>'
+
+
+def _grids_section(examples: Mapping[str, list[dict[str, Any]]]) -> str:
+    """Per task, one row of images per example (input | ground truth | each method) and its instruction."""
     parts = ["<h2>Examples</h2>"] if examples else []
     for task, rows in examples.items():
-        parts.append(f"<h3>{html.escape(str(task))}</h3>")
+        parts.append(f"<h3>{_e(task)}</h3>")
         if not rows:
             parts.append("<p>No examples.</p>")
             continue
@@ -171,117 +166,41 @@ def _examples_section(examples: Mapping[str, list[dict[str, Any]]]) -> str:
         for i, ex in enumerate(rows):
             if "images" not in ex:
                 raise ValueError(f"examples[{task!r}][{i}] has no 'images'; it has keys {sorted(ex)}")
-            for label, _ in _pairs(ex["images"]):
-                if label not in labels:
-                    labels.append(label)
-        parts.append('<table class="grid"><tr>' + "".join(f"<th>{html.escape(str(c))}</th>" for c in labels) + "</tr>")
+            labels += [label for label, _ in _pairs(ex["images"]) if label not in labels]
+        parts.append('<table class="grid"><tr>' + "".join(f"<th>{_e(c)}</th>" for c in labels) + "</tr>")
         for ex in rows:
             cells = dict(_pairs(ex["images"]))
-            tds = []
-            for label in labels:
-                if label not in cells:
-                    tds.append("<td></td>")
-                    continue
-                uri, w, h = _png_data_uri(cells[label])
-                tds.append(f'<td><img src="{uri}" width="{w}" height="{h}" alt="{html.escape(str(label))}"></td>')
-            parts.append("<tr>" + "".join(tds) + "</tr>")
-            instruction = html.escape(str(ex.get("instruction", "")))
-            parts.append(f'<tr><td class="instruction" colspan="{len(labels)}">{instruction}</td></tr>')
+            parts.append("<tr>" + "".join(_cell(label, cells[label]) if label in cells else "<td></td>"
+                                          for label in labels) + "</tr>")
+            number = f"#{ex['index']}: " if "index" in ex else ""
+            parts.append(f'<tr><td class="instruction" colspan="{len(labels)}">{number}{_e(ex.get("instruction", ""))}</td></tr>')
         parts.append("</table>")
     return "\n".join(parts)
 
 
-# ----------------------------------------------------------------------------
-# Loss curve: a hand-drawn SVG line plot (raw loss, and its trailing moving average)
-
-
-def _nice_ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], int]:
-    """Ticks at 1, 2 or 5 x 10^k inside [lo, hi], and the decimals needed to print them."""
-    raw = (hi - lo) / target
-    mag = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    decimals = max(0, -math.floor(math.log10(step)))
-    first = math.ceil(lo / step - 1e-9)
-    ticks = [i * step for i in range(first, math.floor(hi / step + 1e-9) + 1)]
-    return ticks, decimals
-
-
-def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over `window` points; the first points average what came before them."""
-    c = np.cumsum(np.insert(y, 0, 0.0))
-    idx = np.arange(1, len(y) + 1)
-    start = np.maximum(idx - window, 0)
-    return (c[idx] - c[start]) / (idx - start)
-
-
-def _padded(lo: float, hi: float, frac: float) -> tuple[float, float]:
-    if hi == lo:  # a flat line still needs an axis
-        pad = abs(lo) * 0.1 or 1.0
-        return lo - pad, hi + pad
-    pad = (hi - lo) * frac
-    return lo - pad, hi + pad
-
-
-def _loss_svg(loss_curve: list[tuple[int, float]]) -> str:
-    points = sorted((float(s), float(v)) for s, v in loss_curve)
-    finite = [(s, v) for s, v in points if math.isfinite(v)]
-    dropped = len(points) - len(finite)
-    note = f'<p class="ci">{dropped} non-finite loss value(s) not drawn.</p>' if dropped else ""
-    if not finite:
-        return f"<h2>Training loss</h2><p>No finite loss values to plot.</p>{note}"
-    x = np.array([s for s, _ in finite])
-    y = np.array([v for _, v in finite])
-    window = int(min(200, max(1, len(y) // 10)))
-    smooth = _moving_average(y, window)
-
-    W, H, left, right, top, bottom = 720, 320, 64, 16, 16, 44
-    pw, ph = W - left - right, H - top - bottom
-    x0, x1 = (x[0], x[-1]) if x[-1] > x[0] else _padded(x[0], x[0], 0)
-    y0, y1 = _padded(float(y.min()), float(y.max()), 0.05)
-
-    def px(v: float) -> float:
-        return left + (v - x0) / (x1 - x0) * pw
-
-    def py(v: float) -> float:
-        return top + (1 - (v - y0) / (y1 - y0)) * ph
-
-    def polyline(ys: np.ndarray, style: str) -> str:
-        pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, ys))
-        return f'<polyline fill="none" {style} points="{pts}"/>'
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-size="11">']
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
-    xticks, xd = _nice_ticks(x0, x1)
-    for t in xticks:
-        X = px(t)
-        out.append(f'<line x1="{X:.1f}" y1="{top + ph}" x2="{X:.1f}" y2="{top + ph + 5}" stroke="#444"/>')
-        out.append(f'<text x="{X:.1f}" y="{top + ph + 17}" text-anchor="middle">{t:.{xd}f}</text>')
-    yticks, yd = _nice_ticks(y0, y1)
-    for t in yticks:
-        Y = py(t)
-        out.append(f'<line x1="{left}" y1="{Y:.1f}" x2="{left + pw}" y2="{Y:.1f}" stroke="#eee"/>')
-        out.append(f'<line x1="{left - 5}" y1="{Y:.1f}" x2="{left}" y2="{Y:.1f}" stroke="#444"/>')
-        out.append(f'<text x="{left - 8}" y="{Y + 4:.1f}" text-anchor="end">{t:.{yd}f}</text>')
-    out.append(f'<text x="{left + pw / 2}" y="{H - 6}" text-anchor="middle">step</text>')
-    out.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">loss</text>')
-    if len(x) == 1:
-        out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="3" fill="#1f77b4"/>')
-    else:
-        out.append(polyline(y, 'stroke="#9ecae1" stroke-width="1"'))
-        out.append(polyline(smooth, 'stroke="#08519c" stroke-width="2"'))
-    lx = left + pw - 200
-    # Legend on a white backing: losses fall, so the top right is usually empty, but not always.
-    out.append(f'<rect x="{lx - 6}" y="{top + 4}" width="200" height="38" fill="white" fill-opacity="0.85"/>')
-    out.append(f'<line x1="{lx}" y1="{top + 14}" x2="{lx + 20}" y2="{top + 14}" stroke="#9ecae1"/>')
-    out.append(f'<text x="{lx + 26}" y="{top + 18}">raw loss</text>')
-    out.append(f'<line x1="{lx}" y1="{top + 30}" x2="{lx + 20}" y2="{top + 30}" stroke="#08519c" stroke-width="2"/>')
-    out.append(f'<text x="{lx + 26}" y="{top + 34}">moving average ({window} points)</text>')
-    out.append("</svg>")
-    return "<h2>Training loss</h2>\n" + "\n".join(out) + note
-
-
-# ----------------------------------------------------------------------------
-# Config
+def _generalization_section(rows: list[dict], keys: Sequence[str]) -> str:
+    if not rows:
+        return ""
+    shown = [k for k in ("psnr", "ssim", "clip_dir", "clip_t", "dino") if k in keys]
+    head = "".join(f"<th>{_e(METRIC_TITLES.get(k, k))}</th>" for k in shown)
+    lines = ["<h2>Instruction generalisation</h2>",
+             "<p>The same images and seeds, instructed with paraphrases seen in training vs held out from it "
+             "(and, where the split has them, compound tasks). The gap is held_out − seen.</p>",
+             f"<table><tr><th>kind</th><th>method</th><th>instruction set</th><th>n</th>{head}</tr>"]
+    by = {(r["kind"], r["method"], r["instruction_set"]): r for r in rows}
+    for r in rows:
+        cells = "".join(f'<td class="num">{format_metric(k, r[k])} <span class="ci">[{format_metric(k, r[k + "_lo"])}, '
+                        f'{format_metric(k, r[k + "_hi"])}]</span></td>' for k in shown)
+        lines.append(f"<tr><td>{_e(r['kind'])}</td><td>{_e(r['method'])}</td><td>{_e(r['instruction_set'])}</td>"
+                     f'<td class="num">{r["n"]}</td>{cells}</tr>')
+    for (kind, method, which), r in by.items():
+        seen = by.get((kind, method, "seen"))
+        if which == "held_out" and seen is not None:
+            cells = "".join(f'<td class="num">{r[k] - seen[k]:+.3f}</td>' for k in shown)
+            lines.append(f'<tr class="pooled"><td>{_e(kind)}</td><td>{_e(method)}</td><td>gap (held_out − seen)</td>'
+                         f"<td></td>{cells}</tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
 
 
 def _plain(value: Any) -> Any:
@@ -301,9 +220,14 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _config_section(config: Mapping[str, Any]) -> str:
-    text = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
-    return f"<h2>Config</h2>\n<pre>{html.escape(text)}</pre>"
+def _reproduce_section(config: Mapping | None, seeds: Mapping | None, provenance: Mapping | None) -> str:
+    shown = {k: v for k, v in (("config", config), ("seeds", seeds), ("provenance", provenance)) if v is not None}
+    if not shown:
+        return ""
+    text = yaml.safe_dump(_plain(shown), sort_keys=False, allow_unicode=True)
+    return ("<h2>Config and provenance</h2>\n<p>This run's config and seeds; package versions; and for every model the "
+            "sha256 of its files and the resolved config of the training run that made it (under provenance.models).</p>\n"
+            f"<pre>{_e(text)}</pre>")
 
 
 # ----------------------------------------------------------------------------
@@ -314,40 +238,73 @@ def write_report(
     path: str | os.PathLike[str],
     *,
     title: str,
-    examples: Mapping[str, list[dict[str, Any]]],
-    metrics: list[dict[str, Any]],
+    summary: list[dict[str, Any]],
+    examples: Mapping[str, list[dict[str, Any]]] | None = None,
+    keys: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+    sweep: Sequence[dict] = (),
+    generalization: Sequence[dict] = (),
+    curves: Mapping[str, Mapping[str, list]] | None = None,
     loss_curve: list[tuple[int, float]] | None = None,
-    notes: list[str] | None = None,
     config: Mapping[str, Any] | None = None,
+    seeds: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a self-contained HTML report and return its path.
 
     path: the .html file to write, or a folder, in which case the file is `report.html` there.
-    examples: per task, dicts with "instruction" (str) and "images", an ordered mapping or list
-        of (column label, image) pairs, e.g. [("input", im), ("model", im), ("ground truth", im)].
-    metrics: the rows of `eval.metrics.summarize` (grouped by "task").
-    loss_curve: (step, loss) pairs, drawn with a moving average; non-finite losses are skipped.
-    notes: lines shown under the title. config: dumped as YAML at the end.
+    summary: the rows of `eval.metrics.summarize` (grouped by "task"); keys: the metrics to show
+        (default: every metric in the rows); methods: the order that fixes each method's colour.
+    examples: per task, dicts with "instruction" (str), optionally "index", and "images", an ordered
+        mapping or list of (column label, image) pairs, e.g. [("input", im), ("model", im)]; an
+        image given as a relative path is linked, a PIL image or array is embedded.
+    sweep / generalization: `compare`'s sweep points and generalisation rows. curves: {metric:
+        {series: [(step, value)]}}. loss_curve: (step, loss) pairs; non-finite losses are skipped.
+    notes: lines shown under the title. config, seeds, provenance: dumped as YAML at the end.
     """
     out = Path(path)
     if out.suffix.lower() != ".html":
         out = out / "report.html"
-    sections = [f"<h1>{html.escape(title)}</h1>"]
+    keys = list(keys) if keys is not None else (_metric_keys(summary[0]) if summary else [])
+    methods = list(methods) if methods is not None else list(dict.fromkeys(r["method"] for r in summary))
+    sections = [f"<h1>{_e(title)}</h1>"]
     if notes:
-        sections.append("<ul>" + "".join(f"<li>{html.escape(str(n))}</li>" for n in notes) + "</ul>")
-    sections.append(_metrics_section(metrics))
+        sections.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    # Two tables, so neither is too wide to read: fidelity to the ground truth, then edit strength
+    # and instruction following (CLIP metrics that compare with the input and the captions).
+    fidelity = [k for k in keys if k in VS_GROUND_TRUTH]
+    following = [k for k in keys if k not in VS_GROUND_TRUTH]
+    if not summary or not keys:
+        sections.append(_metrics_section([]))
+    for heading, subset in (("Fidelity to the ground truth", fidelity), ("Edit and instruction following", following)):
+        if subset and summary:
+            rows = [{**{k: r[k] for k in ("task", "method", "n", "n_groups") if k in r},
+                     **{f"{k}{s}": r[f"{k}{s}"] for k in subset for s in ("", "_lo", "_hi")}} for r in summary]
+            sections.append(_metrics_section(rows, references={GROUND_TRUTH}, heading=heading))
+    if GROUND_TRUTH in methods:
+        sections.append('<p class="ci">ground_truth is the reference (for teacher-made tasks, the teacher\'s output): '
+                        "its pixel metrics are perfect by construction (PSNR capped at 100 dB); its CLIP scores are the "
+                        "ceiling a model's edit is measured against. identity returns the input unchanged.</p>")
+    # The ground truth scores perfectly against itself; its bar would only squash the others.
+    bars = [bar_chart_svg(summary, k, methods, exclude=(GROUND_TRUTH,) if k in VS_GROUND_TRUTH else ()) for k in keys]
+    if any(bars):
+        sections.append('<h2>Per task</h2><div class="plots">' + "\n".join(b for b in bars if b) + "</div>")
+    if curves:
+        plots = [curves_svg(series, ylabel=METRIC_TITLES.get(metric, metric)) for metric, series in curves.items()]
+        sections.append('<h2>Validation curves</h2><div class="plots">' + "\n".join(p for p in plots if p) + "</div>")
     if loss_curve is not None:
-        sections.append(_loss_svg(loss_curve))
-    sections.append(_examples_section(examples))
-    if config is not None:
-        sections.append(_config_section(config))
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-        + "\n".join(sections)
-        + "\n</body></html>\n"
-    )
-    _atomic_write(out, page.encode("utf-8"))
+        sections.append(loss_svg(loss_curve))
+    if sweep:
+        sections.append("<h2>Image-guidance sweep</h2><p>Each point is one image-guidance scale (label), averaged over "
+                        "every compared image; text guidance fixed.</p>" + sweep_svg(list(sweep), methods))
+    sections.append(_generalization_section(list(generalization), keys))
+    sections.append(_grids_section(examples or {}))
+    sections.append(_reproduce_section(config, seeds, provenance))
+    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            + "\n".join(s for s in sections if s) + "\n</body></html>\n")
+    atomic_write_bytes(out, page.encode("utf-8"))
     return out
 
 
@@ -399,5 +356,5 @@ def save_grid(
     out = Path(path)
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
-    _atomic_write(out, buf.getvalue())
+    atomic_write_bytes(out, buf.getvalue())
     return out

@@ -178,8 +178,9 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Run the experiment; returns the path of its report.html."""
     from instructsd.edit.editor import EditSettings, default_device, load_editor
     from instructsd.eval.compare import IDENTITY, model_labels, run_compare
-    from instructsd.eval.evaluate import evaluate
-    from instructsd.eval.features import MetricSuite
+    from instructsd.eval.compare import score_model
+    from instructsd.eval.rows import prepare_rows
+    from instructsd.eval.suite import MetricSuite
     from instructsd.data.load import load_split
     from instructsd.train.recipe import train
 
@@ -204,8 +205,8 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> Path:
             result = train(_train_config(cfg, current, data, out / "train" / label / f"stage-{stage + 1}", stage),
                            progress=progress)
             current = str(result.final_dir)
-            scored = evaluate(load_editor(current, device=device), rows, settings, per_task=cfg.eval_per_task,
-                              seed=cfg.seed, progress=False).rows
+            scored = score_model(load_editor(current, device=device),
+                                 prepare_rows(rows, per_task=cfg.eval_per_task, seed=cfg.seed), settings)
             step = (stage + 1) * cfg.steps_per_stage
             for metric in curves:
                 for method, name in (("model", label), ("identity", IDENTITY)):

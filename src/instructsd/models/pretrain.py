@@ -134,36 +134,22 @@ def score(pipe, rows, settings, *, per_task: int, seed: int = 0, batch_size: int
     """PSNR/SSIM per task for model (seen and held-out paraphrases) and identity.
 
     Seen: the row's own instruction (a training paraphrase). Held-out: a paraphrase from the
-    task's held-out bank, never used in training, drawn with ``seed`` + row index.
+    task's held-out bank, never used in training. The rows, the paraphrase rule, the scores and
+    the per-task means are evaluation's own (``eval.rows``, ``eval.compare``, ``eval.metrics.summarize``).
     """
-    from PIL import Image
+    from instructsd.eval.compare import edit_rows, score_model, score_outputs
+    from instructsd.eval.metrics import summarize
+    from instructsd.eval.rows import paraphrases, prepare_rows
+    from instructsd.eval.suite import MetricSuite
 
-    from instructsd.data.instructions import sample_instruction
-    from instructsd.edit.editor import edit_images
-    from instructsd.eval.evaluate import instruction_for, select_per_task
-    from instructsd.eval.metrics import psnr, ssim
-
-    indices = select_per_task(rows, per_task)
-    chosen = [rows[i] for i in indices]
-    sources = [row["input_image"].convert("RGB") for row in chosen]
-    targets = [row["edited_image"].convert("RGB").resize(s.size, Image.LANCZOS) for row, s in zip(chosen, sources)]
-    seen = [instruction_for(row["edit_prompt"], row["task"]) for row in chosen]
-    held = [sample_instruction(row["task"], np.random.default_rng([seed, i]), held_out=True) for row, i in zip(chosen, indices)]
-    seeds = [seed + i for i in indices]
-    outputs = {
-        "model": edit_images(pipe, sources, seen, settings, seeds=seeds, batch_size=batch_size),
-        "model_held_out": edit_images(pipe, sources, held, settings, seeds=seeds, batch_size=batch_size),
-        "identity": sources,
-    }
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for method, images in outputs.items():
-        for row, image, target in zip(chosen, images, targets):
-            cell = table.setdefault(row["task"], {}).setdefault(method, {"psnr": [], "ssim": []})
-            cell["psnr"].append(psnr(image, target))
-            cell["ssim"].append(ssim(image, target))
-    return {task: {method: {k: float(np.mean(v)) for k, v in cell.items()} | {"n": len(cell["psnr"])}
-                   for method, cell in methods.items()}
-            for task, methods in table.items()}
+    examples, suite = prepare_rows(rows, per_task=per_task, seed=seed), MetricSuite.headline()
+    held = paraphrases(examples, "held_out", seed)
+    scored = [*score_model(pipe, examples, settings, suite, batch_size=batch_size),
+              *score_outputs("model_held_out", edit_rows(pipe, examples, settings, held, batch_size=batch_size),
+                             examples, suite, texts=held)]
+    cells = {(r["task"], r["method"]): {"psnr": r["psnr"], "ssim": r["ssim"], "n": r["n"]} for r in summarize(scored)}
+    return {task: {method: cells[task, method] for method in ("model", "model_held_out", "identity")}
+            for task in dict.fromkeys(e.task for e in examples)}
 
 
 CHECK_CROPS = 2

@@ -2,8 +2,9 @@
 
 Every ``validation_every`` steps the current UNet (EMA weights when kept) is wrapped with the
 frozen parts in the stock pipeline and :func:`instructsd.edit.editor.edit_images` edits the
-same images with the same seeds, so the numbers are comparable across steps and with
-``instructsd eval``. PSNR/SSIM go to ``validation.jsonl`` and the run's trackers (``log``, a
+same images with the same seeds. The rows are ``instructsd eval``'s (``eval.rows``), scored and
+averaged per task as it does (``eval.compare.score_outputs``, ``eval.metrics.summarize``), so the
+numbers are comparable across steps and with ``instructsd eval --seed 0``. PSNR/SSIM go to ``validation.jsonl`` and the run's trackers (``log``, a
 :class:`instructsd.train.tracking.RunLog`); an input | edit | target grid to ``validation/step-N.png``. Sampling uses its own seeded generators, so
 validating never changes the training run's random streams.
 """
@@ -11,40 +12,27 @@ validating never changes the training run's random streams.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from instructsd.edit.editor import EditSettings, edit_images, pipeline_from_parts
-from instructsd.eval.metrics import psnr, ssim
+from instructsd.data.load import Columns
+from instructsd.edit.editor import EditSettings, pipeline_from_parts
+from instructsd.eval.compare import edit_rows, score_outputs
+from instructsd.eval.metrics import ALL_TASKS, summarize
 from instructsd.eval.report import save_grid
+from instructsd.eval.rows import Example, prepare_rows
+from instructsd.eval.suite import MetricSuite
 
 
-@dataclass
-class ValidationSet:
-    inputs: list
-    targets: list
-    prompts: list[str]
-    tasks: list[str]
+def fixed_subset(rows: Dataset, cfg) -> list[Example]:
+    """``num_validation_images`` rows of each task spread over the split: ``instructsd eval``'s rows
+    (``eval.rows.prepare_rows``, base seed 0), so the numbers are comparable."""
+    return prepare_rows(rows, per_task=cfg.num_validation_images, columns=Columns.of(cfg))
 
 
-def fixed_subset(rows: Dataset, cfg) -> ValidationSet:
-    """``num_validation_images`` rows of each task spread over the split (the same choice as
-    ``instructsd eval``); rows with no instruction get the task's canonical one."""
-    from instructsd.eval.evaluate import instruction_for, select_per_task
-
-    tasks = rows[cfg.task_column] if cfg.task_column in rows.column_names else ["all"] * len(rows)
-    picked = select_per_task(rows, cfg.num_validation_images, cfg.task_column)
-    sub = rows.select(picked)
-    picked_tasks = [tasks[i] for i in picked]
-    prompts = [instruction_for(p, t) for p, t in zip(sub[cfg.prompt_column], picked_tasks)]
-    return ValidationSet(list(sub[cfg.input_column]), list(sub[cfg.edited_column]), prompts, picked_tasks)
-
-
-def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, log, cfg,
+def validate(step: int, unet, parts, scheduler, data: list[Example], out: Path, log, cfg,
              progress: bool = True) -> dict[str, float]:
     """Edit the subset (a progress bar unless ``progress`` is False), score it against the targets,
     log the scores and a grid."""
@@ -53,21 +41,16 @@ def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, 
     pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
     settings = EditSettings(num_inference_steps=cfg.validation_steps, image_guidance_scale=cfg.validation_image_guidance,
                             guidance_scale=cfg.validation_guidance, scheduler=cfg.validation_scheduler)
-    with tqdm(total=len(data.inputs), desc=f"validate (step {step})", leave=False, disable=not progress) as bar:
-        edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))),
-                            progress=bar.update)
+    with tqdm(total=len(data), desc=f"validate (step {step})", leave=False, disable=not progress) as bar:
+        edits = edit_rows(pipe, data, settings, batch_size=1, progress=bar.update)
     unet.train(was_training)
-    size = lambda im: (im.size[0] // 8 * 8, im.size[1] // 8 * 8)  # noqa: E731 (edit_images rounds to multiples of 8)
-    targets = [t.convert("RGB").resize(size(t)) if t.size != size(t) else t.convert("RGB") for t in data.targets]
+    # The same per-image rows and per-task means as `instructsd eval`: val/TASK/psnr, and val/psnr over all rows.
     values: dict[str, float] = {}
-    for task in sorted(set(data.tasks)):
-        idx = [i for i, t in enumerate(data.tasks) if t == task]
-        values[f"val/{task}/psnr"] = float(np.mean([psnr(edits[i], targets[i]) for i in idx]))
-        values[f"val/{task}/ssim"] = float(np.mean([ssim(edits[i], targets[i]) for i in idx]))
-    values["val/psnr"] = float(np.mean([psnr(e, t) for e, t in zip(edits, targets)]))
-    values["val/ssim"] = float(np.mean([ssim(e, t) for e, t in zip(edits, targets)]))
+    for row in summarize(score_outputs("model", edits, data, MetricSuite.headline())):
+        prefix = "val" if row["task"] == ALL_TASKS else f"val/{row['task']}"
+        values.update({f"{prefix}/psnr": row["psnr"], f"{prefix}/ssim": row["ssim"]})
     grid = save_grid(out / "validation" / f"step-{step}.png",
-                     [[i.convert("RGB"), e, t] for i, e, t in zip(data.inputs, edits, targets)], ["input", "edit", "target"])
+                     [[e.source, edit, e.target] for e, edit in zip(data, edits)], ["input", "edit", "target"])
     log.scalars(step, values)
     log.image(step, grid)
     return values

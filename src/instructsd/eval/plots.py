@@ -1,8 +1,7 @@
-"""The comparison report: metric tables, per-task bar charts, the image-guidance sweep, grids.
+"""SVG plots drawn by hand for the report: per-task bars, the guidance sweep, curves, the loss.
 
-Unlike the single-model report, images are *linked* (relative ``images/...png`` paths inside
-the run folder), because a comparison holds every output of every method; the folder is the
-unit to share. Plots are SVG drawn here, so the report needs no plotting library.
+No plotting library: each plot is a few dozen lines of SVG, so a report needs nothing installed
+to be written or read.
 """
 
 from __future__ import annotations
@@ -10,22 +9,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
-from instructsd.eval.features import VS_GROUND_TRUTH
-from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER
-from instructsd.eval.report import _CSS, _METRIC_TITLES, _atomic_write, _fmt, _metrics_section, _nice_ticks, _plain
+from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, METRIC_TITLES, format_metric
 
 # A colour-blind-safe palette (Okabe & Ito 2008), cycled over methods.
 _PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
-_EXTRA_CSS = """
-img.cell { width: 128px; height: auto; }
-.plots svg { margin: 0 1em 1em 0; }
-details { margin: 0.5em 0 1.5em; }
-"""
 
 
 def _e(x: Any) -> str:
@@ -36,8 +27,16 @@ def _colour(methods: Sequence[str], method: str) -> str:
     return _PALETTE[list(methods).index(method) % len(_PALETTE)] if method in methods else "#888"
 
 
-# ----------------------------------------------------------------------------
-# Plots
+def nice_ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], int]:
+    """Ticks at 1, 2 or 5 x 10^k inside [lo, hi], and the decimals needed to print them."""
+    raw = (hi - lo) / target
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    decimals = max(0, -math.floor(math.log10(step)))
+    first = math.ceil(lo / step - 1e-9)
+    ticks = [i * step for i in range(first, math.floor(hi / step + 1e-9) + 1)]
+    return ticks, decimals
+
 
 
 def bar_chart_svg(summary: list[dict], metric: str, methods: Sequence[str], exclude: Sequence[str] = ()) -> str:
@@ -64,14 +63,14 @@ def bar_chart_svg(summary: list[dict], metric: str, methods: Sequence[str], excl
         x += item_w + 12
     H += 18 * (y + 1) + 6
     pw, ph = W - left - right, H - top - bottom - 18 * (y + 1) - 6
-    ticks, decimals = _nice_ticks(lo, hi)
+    ticks, decimals = nice_ticks(lo, hi)
 
     def py(v: float) -> float:
         return top + (1 - (v - lo) / (hi - lo)) * ph
 
     arrow = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-size="11">',
-           f'<text x="{left}" y="14" font-weight="bold">{_e(_METRIC_TITLES.get(metric, metric))} ({arrow})</text>']
+           f'<text x="{left}" y="14" font-weight="bold">{_e(METRIC_TITLES.get(metric, metric))} ({arrow})</text>']
     for t in ticks:
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>')
         out.append(f'<text x="{left - 6}" y="{py(t) + 4:.1f}" text-anchor="end">{t:.{decimals}f}</text>')
@@ -87,7 +86,7 @@ def bar_chart_svg(summary: list[dict], metric: str, methods: Sequence[str], excl
             x = x0 + j * bar_w
             y, y0 = py(row[metric]), py(0)
             out.append(f'<rect x="{x:.1f}" y="{min(y, y0):.1f}" width="{bar_w - 2:.1f}" height="{abs(y0 - y):.1f}" '
-                       f'fill="{_colour(methods, m)}"><title>{_e(task)} / {_e(m)}: {_fmt(metric, row[metric])}</title></rect>')
+                       f'fill="{_colour(methods, m)}"><title>{_e(task)} / {_e(m)}: {format_metric(metric, row[metric])}</title></rect>')
             cx = x + (bar_w - 2) / 2
             out.append(f'<line x1="{cx:.1f}" y1="{py(row[f"{metric}_lo"]):.1f}" x2="{cx:.1f}" '
                        f'y2="{py(row[f"{metric}_hi"]):.1f}" stroke="#222"/>')
@@ -121,10 +120,10 @@ class _Frame:
         left, top, pw, ph, H = self.left, self.top, self.pw, self.ph, self.H
         out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{self.W}" height="{H}" viewBox="0 0 {self.W} {H}" font-size="11">',
                f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>']
-        xt, xd = _nice_ticks(self.x0, self.x1)
+        xt, xd = nice_ticks(self.x0, self.x1)
         for t in xt:
             out.append(f'<text x="{self.px(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{t:.{xd}f}</text>')
-        yt, yd = _nice_ticks(self.y0, self.y1)
+        yt, yd = nice_ticks(self.y0, self.y1)
         for t in yt:
             out.append(f'<line x1="{left}" y1="{self.py(t):.1f}" x2="{left + pw}" y2="{self.py(t):.1f}" stroke="#eee"/>')
             out.append(f'<text x="{left - 6}" y="{self.py(t) + 4:.1f}" text-anchor="end">{t:.{yd}f}</text>')
@@ -196,92 +195,80 @@ def curves_svg(curves: Mapping[str, list[tuple[float, float]]], ylabel: str, xla
     return "\n".join(out)
 
 
+
 # ----------------------------------------------------------------------------
-# Sections
+# Loss curve: raw loss and its trailing moving average
 
 
-def _grids_section(examples: Mapping[str, list[dict]]) -> str:
-    parts = ["<h2>Examples</h2>"]
-    for task, rows in examples.items():
-        parts.append(f"<h3>{_e(task)}</h3>")
-        labels = [label for label, _ in rows[0]["images"]] if rows else []
-        parts.append('<table class="grid"><tr>' + "".join(f"<th>{_e(c)}</th>" for c in labels) + "</tr>")
-        for ex in rows:
-            parts.append("<tr>" + "".join(f'<td><a href="{_e(src)}"><img class="cell" src="{_e(src)}" alt="{_e(label)}"></a></td>'
-                                          for label, src in ex["images"]) + "</tr>")
-            parts.append(f'<tr><td class="instruction" colspan="{len(labels)}">#{ex["index"]}: {_e(ex["instruction"])}</td></tr>')
-        parts.append("</table>")
-    return "\n".join(parts)
+def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` points; the first points average what came before them."""
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    idx = np.arange(1, len(y) + 1)
+    start = np.maximum(idx - window, 0)
+    return (c[idx] - c[start]) / (idx - start)
 
 
-def _generalization_section(rows: list[dict], keys: Sequence[str]) -> str:
-    if not rows:
-        return ""
-    shown = [k for k in ("psnr", "ssim", "clip_dir", "clip_t", "dino") if k in keys]
-    head = "".join(f"<th>{_e(_METRIC_TITLES.get(k, k))}</th>" for k in shown)
-    lines = ["<h2>Instruction generalisation</h2>",
-             "<p>The same images and seeds, instructed with paraphrases seen in training vs held out from it "
-             "(and, where the split has them, compound tasks). The gap is held_out − seen.</p>",
-             f"<table><tr><th>kind</th><th>method</th><th>instruction set</th><th>n</th>{head}</tr>"]
-    by = {(r["kind"], r["method"], r["instruction_set"]): r for r in rows}
-    for r in rows:
-        cells = "".join(f'<td class="num">{_fmt(k, r[k])} <span class="ci">[{_fmt(k, r[k + "_lo"])}, '
-                        f'{_fmt(k, r[k + "_hi"])}]</span></td>' for k in shown)
-        lines.append(f"<tr><td>{_e(r['kind'])}</td><td>{_e(r['method'])}</td><td>{_e(r['instruction_set'])}</td>"
-                     f'<td class="num">{r["n"]}</td>{cells}</tr>')
-    for (kind, method, which), r in by.items():
-        seen = by.get((kind, method, "seen"))
-        if which == "held_out" and seen is not None:
-            cells = "".join(f'<td class="num">{r[k] - seen[k]:+.3f}</td>' for k in shown)
-            lines.append(f'<tr class="pooled"><td>{_e(kind)}</td><td>{_e(method)}</td><td>gap (held_out − seen)</td>'
-                         f"<td></td>{cells}</tr>")
-    lines.append("</table>")
-    return "\n".join(lines)
+def _padded(lo: float, hi: float, frac: float) -> tuple[float, float]:
+    if hi == lo:  # a flat line still needs an axis
+        pad = abs(lo) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * frac
+    return lo - pad, hi + pad
 
 
-def _provenance_section(config: Mapping, seeds: Mapping, provenance: Mapping) -> str:
-    text = yaml.safe_dump(_plain({"config": config, "seeds": seeds, "provenance": provenance}), sort_keys=False,
-                          allow_unicode=True)
-    return ("<h2>Reproduce</h2>\n<p>This comparison's config and seeds; package versions; and for every model the "
-            "sha256 of its files and the resolved config of the training run that made it (under provenance.models).</p>\n"
-            f"<pre>{_e(text)}</pre>")
+def loss_svg(loss_curve: list[tuple[int, float]]) -> str:
+    points = sorted((float(s), float(v)) for s, v in loss_curve)
+    finite = [(s, v) for s, v in points if math.isfinite(v)]
+    dropped = len(points) - len(finite)
+    note = f'<p class="ci">{dropped} non-finite loss value(s) not drawn.</p>' if dropped else ""
+    if not finite:
+        return f"<h2>Training loss</h2><p>No finite loss values to plot.</p>{note}"
+    x = np.array([s for s, _ in finite])
+    y = np.array([v for _, v in finite])
+    window = int(min(200, max(1, len(y) // 10)))
+    smooth = _moving_average(y, window)
 
+    W, H, left, right, top, bottom = 720, 320, 64, 16, 16, 44
+    pw, ph = W - left - right, H - top - bottom
+    x0, x1 = (x[0], x[-1]) if x[-1] > x[0] else _padded(x[0], x[0], 0)
+    y0, y1 = _padded(float(y.min()), float(y.max()), 0.05)
 
-def write_compare_report(path: str | Path, *, title: str, summary: list[dict], keys: Sequence[str],
-                         examples: Mapping[str, list[dict]], methods: Sequence[str], sweep: list[dict],
-                         generalization: list[dict], notes: Sequence[str], config: Mapping, seeds: Mapping,
-                         provenance: Mapping, curves: Mapping[str, Mapping[str, list]] | None = None) -> Path:
-    """Write report.html for a comparison run; image paths in ``examples`` are relative to its folder."""
-    out = Path(path)
-    sections = [f"<h1>{_e(title)}</h1>"]
-    if notes:
-        sections.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
-    # Two tables, so neither is too wide to read: fidelity to the ground truth, then edit strength
-    # and instruction following (CLIP metrics that compare with the input and the captions).
-    fidelity = [k for k in keys if k in VS_GROUND_TRUTH]
-    following = [k for k in keys if k not in VS_GROUND_TRUTH]
-    for heading, subset in (("Fidelity to the ground truth", fidelity), ("Edit and instruction following", following)):
-        if subset:
-            rows = [{**{k: r[k] for k in ("task", "method", "n", "n_groups") if k in r},
-                     **{f"{k}{s}": r[f"{k}{s}"] for k in subset for s in ("", "_lo", "_hi")}} for r in summary]
-            sections.append(_metrics_section(rows, references={"ground_truth"}, heading=heading))
-    sections.append('<p class="ci">ground_truth is the reference (for teacher-made tasks, the teacher\'s output): '
-                    "its pixel metrics are perfect by construction (PSNR capped at 100 dB); its CLIP scores are the "
-                    "ceiling a model's edit is measured against. identity returns the input unchanged.</p>")
-    # The ground truth scores perfectly against itself; its bar would only squash the others.
-    bars = [bar_chart_svg(summary, k, methods, exclude=("ground_truth",) if k in VS_GROUND_TRUTH else ()) for k in keys]
-    sections.append('<h2>Per task</h2><div class="plots">' + "\n".join(b for b in bars if b) + "</div>")
-    if curves:
-        plots = [curves_svg(series, ylabel=_METRIC_TITLES.get(metric, metric)) for metric, series in curves.items()]
-        sections.append('<h2>Validation curves</h2><div class="plots">' + "\n".join(p for p in plots if p) + "</div>")
-    if sweep:
-        sections.append("<h2>Image-guidance sweep</h2><p>Each point is one image-guidance scale (label), averaged over "
-                        "every compared image; text guidance fixed.</p>" + sweep_svg(sweep, methods))
-    sections.append(_generalization_section(generalization, keys))
-    sections.append(_grids_section(examples))
-    sections.append(_provenance_section(config, seeds, provenance))
-    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{_e(title)}</title><style>{_CSS}{_EXTRA_CSS}</style></head>\n<body>\n"
-            + "\n".join(s for s in sections if s) + "\n</body></html>\n")
-    _atomic_write(out, page.encode("utf-8"))
-    return out
+    def px(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * pw
+
+    def py(v: float) -> float:
+        return top + (1 - (v - y0) / (y1 - y0)) * ph
+
+    def polyline(ys: np.ndarray, style: str) -> str:
+        pts = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x, ys))
+        return f'<polyline fill="none" {style} points="{pts}"/>'
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-size="11">']
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
+    xticks, xd = nice_ticks(x0, x1)
+    for t in xticks:
+        X = px(t)
+        out.append(f'<line x1="{X:.1f}" y1="{top + ph}" x2="{X:.1f}" y2="{top + ph + 5}" stroke="#444"/>')
+        out.append(f'<text x="{X:.1f}" y="{top + ph + 17}" text-anchor="middle">{t:.{xd}f}</text>')
+    yticks, yd = nice_ticks(y0, y1)
+    for t in yticks:
+        Y = py(t)
+        out.append(f'<line x1="{left}" y1="{Y:.1f}" x2="{left + pw}" y2="{Y:.1f}" stroke="#eee"/>')
+        out.append(f'<line x1="{left - 5}" y1="{Y:.1f}" x2="{left}" y2="{Y:.1f}" stroke="#444"/>')
+        out.append(f'<text x="{left - 8}" y="{Y + 4:.1f}" text-anchor="end">{t:.{yd}f}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{H - 6}" text-anchor="middle">step</text>')
+    out.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {top + ph / 2})">loss</text>')
+    if len(x) == 1:
+        out.append(f'<circle cx="{px(x[0]):.1f}" cy="{py(y[0]):.1f}" r="3" fill="#1f77b4"/>')
+    else:
+        out.append(polyline(y, 'stroke="#9ecae1" stroke-width="1"'))
+        out.append(polyline(smooth, 'stroke="#08519c" stroke-width="2"'))
+    lx = left + pw - 200
+    # Legend on a white backing: losses fall, so the top right is usually empty, but not always.
+    out.append(f'<rect x="{lx - 6}" y="{top + 4}" width="200" height="38" fill="white" fill-opacity="0.85"/>')
+    out.append(f'<line x1="{lx}" y1="{top + 14}" x2="{lx + 20}" y2="{top + 14}" stroke="#9ecae1"/>')
+    out.append(f'<text x="{lx + 26}" y="{top + 18}">raw loss</text>')
+    out.append(f'<line x1="{lx}" y1="{top + 30}" x2="{lx + 20}" y2="{top + 30}" stroke="#08519c" stroke-width="2"/>')
+    out.append(f'<text x="{lx + 26}" y="{top + 34}">moving average ({window} points)</text>')
+    out.append("</svg>")
+    return "<h2>Training loss</h2>\n" + "\n".join(out) + note

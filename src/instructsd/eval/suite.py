@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from instructsd.eval.metrics import PIXEL_METRICS, to_array
+from instructsd.eval.metrics import METRICS, PIXEL_METRICS, to_array
+from instructsd.eval.rows import TASK_CAPTIONS, Example
 
 # Defaults follow the papers: InstructPix2Pix scores with CLIP ViT-L/14; MagicBrush's DINO
 # score uses DINO ViT-S/16. Pass a local folder (or "none") to use another or to skip.
@@ -45,27 +46,6 @@ CLIP_METRICS = ("clip_image", "clip_dir", "clip_t", "clip_i")
 VS_GROUND_TRUTH = frozenset({*PIXEL_METRICS, "lpips", "clip_i", "dino"})
 DINO_METRICS = ("dino",)
 LPIPS_METRICS = ("lpips",)
-
-# Captions for the direction and CLIP-T metrics when a dataset has no caption columns: the
-# same before/after pair for every example of a task, describing what the edit should change.
-# Restoration tasks are (before, after) adjectives of "a ... photo"; a compound task such as
-# "deblur+denoise" joins its parts' adjectives ("a blurry, out-of-focus and noisy, grainy photo").
-# Every task of data.tasks.TASKS and every degradation's task has a pair (a test loops over
-# them), so CLIP metrics run on every built-in task (issue 12: whitebalance had none).
-TASK_ADJECTIVES: dict[str, tuple[str, str]] = {
-    "denoise": ("noisy, grainy", "clean, noise-free"),
-    "lowlight": ("dark, underexposed", "bright, well-lit"),
-    "deblur": ("blurry, out-of-focus", "sharp, in-focus"),
-    "derain": ("rain-streaked", "rain-free"),
-    "dehaze": ("hazy, washed-out", "clear, haze-free"),
-    "jpeg": ("blocky, JPEG-compressed", "artifact-free"),
-    "whitebalance": ("colour-cast, tinted", "neutral, white-balanced"),
-}
-TASK_CAPTIONS: dict[str, tuple[str, str]] = {
-    **{task: (f"a {before} photo", f"a {after} photo") for task, (before, after) in TASK_ADJECTIVES.items()},
-    "cartoonize": ("a photo", "a cartoon with bold outlines and flat colours"),
-}
-
 
 def disabled(name: str | None) -> bool:
     """True for an option that turns a network metric off: None, "", "none", "off" or "skip"."""
@@ -176,16 +156,6 @@ class LpipsScorer:
 
 
 @dataclass
-class Example:
-    """What one scored edit needs: the input, the ground truth, and captions for CLIP text metrics."""
-
-    source: Image.Image
-    target: Image.Image
-    input_caption: str | None = None
-    output_caption: str | None = None
-
-
-@dataclass
 class MetricSuite:
     """Every available metric, computed per (output, example); `notes` says what was skipped and why."""
 
@@ -193,6 +163,7 @@ class MetricSuite:
     dino: DinoEmbedder | None = None
     lpips: LpipsScorer | None = None
     notes: list[str] = field(default_factory=list)
+    pixel: tuple[str, ...] = tuple(PIXEL_METRICS)  # which of PIXEL_METRICS to compute
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -215,10 +186,15 @@ class MetricSuite:
                                    f"pass {flag} with a local folder{' or hub id' if attr != 'lpips' else ' after installing lpips'}.")
         return suite
 
+    @classmethod
+    def headline(cls) -> MetricSuite:
+        """PSNR and SSIM only: `instructsd eval`'s default, in-training validation and the tiny base's card."""
+        return cls(pixel=tuple(METRICS))
+
     @property
     def names(self) -> list[str]:
         """Metric keys this suite produces, in report order."""
-        out = list(PIXEL_METRICS)
+        out = list(self.pixel)
         if self.lpips is not None:
             out += LPIPS_METRICS
         if self.clip is not None:
@@ -244,7 +220,7 @@ class MetricSuite:
 
         Missing captions are an error when CLIP is loaded: the text metrics need both.
         """
-        scores = {name: fn(output, example.target) for name, fn in PIXEL_METRICS.items()}
+        scores = {name: PIXEL_METRICS[name](output, example.target) for name in self.pixel}
         if self.lpips is not None:
             scores["lpips"] = self.lpips.distance(output, example.target)
         if self.clip is not None:
@@ -268,20 +244,6 @@ class MetricSuite:
             tgt = self._cached(None if key is None else ("dino", key), lambda: self.dino.images([example.target])[0])
             scores["dino"] = float(self.dino.images([output])[0] @ tgt)
         return scores
-
-
-def captions_for(task: str, row: dict | None = None) -> tuple[str | None, str | None]:
-    """(input caption, output caption): the dataset's own columns if it has them, else the task's pair."""
-    row = row or {}
-    if row.get("input_caption") and row.get("output_caption"):
-        return str(row["input_caption"]), str(row["output_caption"])
-    if task in TASK_CAPTIONS:
-        return TASK_CAPTIONS[task]
-    parts = task.split("+")
-    if len(parts) > 1 and all(p in TASK_ADJECTIVES for p in parts):
-        return (f"a {' and '.join(TASK_ADJECTIVES[p][0] for p in parts)} photo",
-                f"a {' and '.join(TASK_ADJECTIVES[p][1] for p in parts)} photo")
-    return None, None
 
 
 # ----------------------------------------------------------------------------

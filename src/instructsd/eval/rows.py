@@ -1,0 +1,158 @@
+"""Evaluation rows: which rows of a split are scored, and what each one is edited and scored with.
+
+The one row preparer (issue 13): `instructsd eval` and `compare`, in-training validation and the
+tiny base's card all score :func:`prepare_rows`' examples, so their numbers are comparable.
+Before, four copies had drifted apart (held-out paraphrases drawn from different seeds, targets
+resized with different filters). The rules, in one place:
+
+- selection   up to ``per_task`` rows of each task, spread evenly over the split (:func:`select_per_task`)
+- source      the input fitted as :func:`instructsd.edit.editor.edit_images` fits it (``fit_size``,
+              sides rounded down to multiples of 8, at most ``max_side``), so the edit comes back at
+              the source's size
+- target      resized to the source with ``TARGET_RESAMPLE`` (Lanczos); a no-op when sizes agree
+- instruction the row's own; a row built with deferred instructions stores "" and gets its task's
+              canonical one, as training does (:func:`instruction_for`)
+- seed        row ``i`` is edited with ``seed + i`` by every method and instruction set
+- paraphrases seen / held-out wordings drawn with ``default_rng([seed, i])``: the same draw for every
+              model and every caller (:func:`paraphrases`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset
+from PIL import Image
+
+from instructsd.data.instructions import canonical_instruction, sample_instruction
+from instructsd.data.load import Columns
+from instructsd.edit.editor import fit_size
+from instructsd.errors import InstructSDError
+
+# The task of rows in a dataset without a task column (the post's, for one): "all" is taken by
+# the pooled row of every summary table.
+NO_TASK = "edit"
+
+# Lanczos: the filter fit_size shrinks sources with, so a target that needs resizing is treated as
+# its source was. (In-training validation used PIL's default bicubic before issue 13.)
+TARGET_RESAMPLE = Image.Resampling.LANCZOS
+
+DATASET_SET = "dataset"  # the instruction stored in each row
+INSTRUCTION_SETS = (DATASET_SET, "canonical", "seen", "held_out")
+
+# Captions for the direction and CLIP-T metrics when a dataset has no caption columns: the
+# same before/after pair for every example of a task, describing what the edit should change.
+# Restoration tasks are (before, after) adjectives of "a ... photo"; a compound task such as
+# "deblur+denoise" joins its parts' adjectives ("a blurry, out-of-focus and noisy, grainy photo").
+# Every task of data.tasks.TASKS and every degradation's task has a pair (a test loops over
+# them), so CLIP metrics run on every built-in task (issue 12: whitebalance had none).
+TASK_ADJECTIVES: dict[str, tuple[str, str]] = {
+    "denoise": ("noisy, grainy", "clean, noise-free"),
+    "lowlight": ("dark, underexposed", "bright, well-lit"),
+    "deblur": ("blurry, out-of-focus", "sharp, in-focus"),
+    "derain": ("rain-streaked", "rain-free"),
+    "dehaze": ("hazy, washed-out", "clear, haze-free"),
+    "jpeg": ("blocky, JPEG-compressed", "artifact-free"),
+    "whitebalance": ("colour-cast, tinted", "neutral, white-balanced"),
+}
+TASK_CAPTIONS: dict[str, tuple[str, str]] = {
+    **{task: (f"a {before} photo", f"a {after} photo") for task, (before, after) in TASK_ADJECTIVES.items()},
+    "cartoonize": ("a photo", "a cartoon with bold outlines and flat colours"),
+}
+
+
+@dataclass
+class Example:
+    """One scored row: what is edited (``source``), what it is scored against (``target``), the
+    captions CLIP text metrics need, and where it came from."""
+
+    source: Image.Image
+    target: Image.Image
+    input_caption: str | None = None
+    output_caption: str | None = None
+    index: int = 0  # the row's index in its split
+    task: str = NO_TASK
+    instruction: str = ""
+    seed: int = 0
+    photo: str | None = None  # the photo the row was cropped from: what the bootstrap resamples
+
+
+def instruction_for(prompt: str | None, task: str) -> str:
+    """The row's instruction; rows built with deferred instructions store "" and get the task's
+    canonical one, as training does."""
+    return prompt if prompt else canonical_instruction(task)
+
+
+def captions_for(task: str, row: Mapping | None = None) -> tuple[str | None, str | None]:
+    """(input caption, output caption): the dataset's own columns if it has them, else the task's pair."""
+    row = row or {}
+    if row.get("input_caption") and row.get("output_caption"):
+        return str(row["input_caption"]), str(row["output_caption"])
+    if task in TASK_CAPTIONS:
+        return TASK_CAPTIONS[task]
+    parts = task.split("+")
+    if len(parts) > 1 and all(p in TASK_ADJECTIVES for p in parts):
+        return (f"a {' and '.join(TASK_ADJECTIVES[p][0] for p in parts)} photo",
+                f"a {' and '.join(TASK_ADJECTIVES[p][1] for p in parts)} photo")
+    return None, None
+
+
+def select_per_task(rows: Dataset, per_task: int | None, task_column: str = "task") -> list[int]:
+    """Up to ``per_task`` rows of each task, spread evenly over the split (all rows when None).
+
+    Spreading matters: rows are stored photo by photo, so the first N rows of a task would
+    all come from one photo.
+    """
+    tasks = rows[task_column] if task_column in rows.column_names else [NO_TASK] * len(rows)
+    by_task: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(i)
+    picked = []
+    for indices in by_task.values():
+        if per_task is None or per_task >= len(indices):
+            picked.extend(indices)
+        else:
+            step = len(indices) / per_task
+            picked.extend(indices[int(k * step)] for k in range(per_task))
+    return sorted(picked)
+
+
+def prepare_rows(rows: Dataset, *, per_task: int | None = None, seed: int = 0, columns: Columns = Columns(),
+                 max_side: int | None = None) -> list[Example]:
+    """The examples every scorer edits and scores, by the rules in this module's docstring.
+
+    ``columns`` names the dataset's columns (TrainConfig's ``*_column`` keys); ``max_side`` is the
+    edit settings' own, so sources are the size the edit comes back at.
+    """
+    examples = []
+    for i in select_per_task(rows, per_task, columns.task_column):
+        raw = rows[i]
+        task = str(raw.get(columns.task_column) or NO_TASK)
+        source = fit_size(raw[columns.input_column].convert("RGB"), max_side=max_side)
+        target = raw[columns.edited_column].convert("RGB")
+        if target.size != source.size:
+            target = target.resize(source.size, TARGET_RESAMPLE)
+        photo = raw.get(columns.group_column)
+        examples.append(Example(source, target, *captions_for(task, raw), index=i, task=task,
+                                instruction=instruction_for(raw[columns.prompt_column], task), seed=seed + i,
+                                photo=None if photo is None else str(photo)))
+    return examples
+
+
+def paraphrases(examples: Sequence[Example], which: str, seed: int = 0) -> list[str]:
+    """Each example's instruction under one instruction set of ``INSTRUCTION_SETS``.
+
+    "seen" and "held_out" draw a paraphrase from the task's training or held-out bank with
+    ``default_rng([seed, row index])``: the one paraphrase rule, so the card's held-out numbers
+    and ``compare --instructions held_out`` word the same row the same way.
+    """
+    if which == DATASET_SET:
+        return [e.instruction for e in examples]
+    if which == "canonical":
+        return [canonical_instruction(e.task) for e in examples]
+    if which in ("seen", "held_out"):
+        return [sample_instruction(e.task, np.random.default_rng([seed, e.index]), held_out=which == "held_out")
+                for e in examples]
+    raise InstructSDError(f"unknown instruction set '{which}'; use one of {', '.join(INSTRUCTION_SETS)}")
