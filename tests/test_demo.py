@@ -32,10 +32,11 @@ def served(tiny_model, tmp_path_factory):
     demo.close()
 
 
-def test_demo_binds_loopback_and_keeps_uploads_in_the_run_folder(served):
+def test_demo_binds_loopback_and_keeps_uploads_in_a_private_folder(served):
     demo, url, run_dir = served
     assert url.startswith("http://127.0.0.1:")
-    assert os.environ["GRADIO_TEMP_DIR"] == str(run_dir / "gradio_tmp")
+    uploads = Path(os.environ["GRADIO_TEMP_DIR"])  # outside the run folder: file URLs name none of its path
+    assert uploads.name.startswith("instructsd-demo-") and not uploads.is_relative_to(run_dir)
 
 
 def test_handler_turns_bad_uploads_into_messages(served, tmp_path, tiny_model):
@@ -91,4 +92,4 @@ def test_upload_instruct_submit_in_a_real_browser(served, tmp_path):
     edited = Image.open(saved)
     assert edited.size == (40, 48)
     assert edited.text["instructsd:instruction"] == "Cartoonize the image."
-    assert any((run_dir / "gradio_tmp").rglob("upload.jpg"))  # the upload stayed in the run folder
+    assert any(Path(os.environ["GRADIO_TEMP_DIR"]).rglob("upload.jpg"))  # the upload stayed in the private folder

@@ -27,3 +27,22 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+# --- folders the tool owns ------------------------------------------------------------------
+# `--overwrite` may replace only what instructsd itself wrote (issue 17, item 7): every output
+# folder it creates gets this marker, and a folder without it is never replaced or written into.
+
+OUTPUT_MARKER = ".instructsd-output"
+
+
+def mark_output_folder(folder: str | Path, command: str) -> Path:
+    """Create ``folder`` if needed and mark it as written by ``command`` (e.g. 'instructsd edit')."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(folder / OUTPUT_MARKER, f"written by {command}; --overwrite may replace this folder's files\n")
+
+
+def is_output_folder(folder: str | Path) -> bool:
+    """True when ``folder`` carries the marker of a folder instructsd wrote."""
+    return (Path(folder) / OUTPUT_MARKER).is_file()

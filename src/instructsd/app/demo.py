@@ -4,13 +4,27 @@ The app owns no model logic: it validates the upload with the same loader as the
 (:func:`instructsd.edit.inputs.read_image`), calls :func:`edit_images`, and saves each result
 with :func:`save_png`, so a downloaded PNG says how it was made. Gradio is an optional extra
 (``pip install 'instructsd[demo]'``) imported only here.
+
+Private and honest (issue 17, items 5-6):
+
+- The upload arrives as an undecoded file (``gr.File``), so every bad upload — empty, not an
+  image, too many pixels, truncated — gets this handler's message, not Gradio's generic one.
+- Visitors' files live in a private temporary folder (Gradio's upload folder), not in the run
+  folder, so file URLs name no path of the server's project; the run folder's ``outputs/`` is a
+  server-side record that is never served. Each request's files get random names, so requests
+  at the same moment never collide and no visitor can guess another's edit.
+- Uploads, served copies and recorded outputs are kept within a budget (count, bytes, age).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -41,6 +55,16 @@ class DemoLimits:
     """Edits running at once; the rest wait in the queue."""
     queue_size: int = 16
     """Requests waiting beyond which new ones are turned away."""
+    max_stored_files: int = 200
+    """Most visitor files (uploads, served copies, recorded outputs) kept; the oldest go first."""
+    max_stored_mb: float = 500.0
+    """Most megabytes of visitor files kept."""
+    max_stored_age_s: float = 3600.0
+    """Visitor files older than this (seconds) are deleted."""
+
+
+UPLOADS_PREFIX = "instructsd-demo-"
+log = logging.getLogger(__name__)
 
 
 def _import_gradio():
@@ -52,12 +76,63 @@ def _import_gradio():
 
 
 def prepare_run_dir(run_dir: str | Path) -> Path:
-    """Create the run folder and point Gradio's upload/cache folder inside it (before import)."""
+    """Create the run folder, and a private temporary folder for Gradio's uploads and served
+    files (set before Gradio is imported); file URLs then name only that folder."""
     run_dir = Path(run_dir).resolve()
-    (run_dir / "gradio_tmp").mkdir(parents=True, exist_ok=True)
-    os.environ["GRADIO_TEMP_DIR"] = str(run_dir / "gradio_tmp")
+    (run_dir / "outputs").mkdir(parents=True, exist_ok=True)
+    current = os.environ.get("GRADIO_TEMP_DIR", "")
+    if not (Path(current).name.startswith(UPLOADS_PREFIX) and Path(current).is_dir()):
+        os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix=UPLOADS_PREFIX)  # mode 0700
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     return run_dir
+
+
+def upload_dir() -> Path:
+    """The private folder Gradio keeps uploads and served files in (see :func:`prepare_run_dir`)."""
+    return Path(os.environ["GRADIO_TEMP_DIR"])
+
+
+def exposure_warning(host: str) -> str | None:
+    """A warning when ``host`` is not a loopback address: the demo then serves the network."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    return (f"warning: --host {host} exposes the demo to every machine that can reach this one: anyone who opens "
+            "the page can upload images and run edits here, with no login. Use it on a trusted network only.")
+
+
+def prune_stored(folders: list[Path], limits: DemoLimits, keep: frozenset[Path] = frozenset()) -> int:
+    """Delete visitor files beyond the budget: older than ``max_stored_age_s``, then the oldest
+    until at most ``max_stored_files`` files and ``max_stored_mb`` remain. Returns how many went."""
+    files = []
+    for folder in folders:
+        for path in folder.rglob("*"):
+            try:
+                if path.is_file() and path not in keep:
+                    st = path.stat()
+                    files.append((st.st_mtime, st.st_size, path))
+            except OSError:  # deleted by a request running at the same time
+                continue
+    files.sort()
+    now = time.time()
+    count, total = len(files) + len(keep), sum(size for _, size, _ in files)
+    removed = 0
+    for mtime, size, path in files:
+        too_old = now - mtime > limits.max_stored_age_s
+        if not too_old and count <= limits.max_stored_files and total <= limits.max_stored_mb * 1024 * 1024:
+            continue
+        path.unlink(missing_ok=True)
+        count, total, removed = count - 1, total - size, removed + 1
+    for folder in folders:  # Gradio keeps each file in a folder of its own; drop the empty ones
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+    return removed
 
 
 def _examples(run_dir: Path) -> list[list[str]]:
@@ -89,13 +164,22 @@ def _number(value, label: str) -> float:
     return number
 
 
+def public_model_name(model_name: str) -> str:
+    """What visitors see of the model: a hub id as is, a local folder by its name only."""
+    return Path(model_name).name if os.path.isabs(model_name) or Path(model_name).exists() else model_name
+
+
 def make_edit_fn(pipe, model_name: str, run_dir: Path, limits: DemoLimits):
     """The request handler: (upload path, instruction, params) → (gallery items, download paths)."""
     gr = _import_gradio()
     out_dir = run_dir / "outputs"
+    shown_model = public_model_name(model_name)
 
     def edit(image_path, instruction, steps, image_guidance, guidance, scheduler, seed, num_outputs, highres):
-        if not image_path:
+        uploads = upload_dir()
+        upload = Path(image_path) if image_path else None
+        prune_stored([uploads, out_dir], limits, keep=frozenset({upload} if upload else ()))
+        if upload is None:
             raise gr.Error("Upload an image first.")
         if not instruction or not instruction.strip():
             raise gr.Error("Type an instruction, e.g. “Cartoonize the image.”")
@@ -104,7 +188,8 @@ def make_edit_fn(pipe, model_name: str, run_dir: Path, limits: DemoLimits):
             num_outputs = max(1, min(int(_number(num_outputs, "Number of edits")), limits.max_outputs))
             steps = max(1, min(int(_number(steps, "Steps")), limits.max_steps))
             first_seed = int(_number(seed, "Seed"))
-            image = read_image(image_path, max_pixels=limits.max_pixels)
+            # The upload reaches us undecoded: our loader is the first to look inside it.
+            image = read_image(upload, max_pixels=limits.max_pixels, max_side=limits.max_side)
             # Guidance is passed on as given: edit_images applies eq. 3 at any finite scale >= 0
             # and EditSettings refuses the rest, naming the guidance (issue 11, item 7).
             settings = EditSettings(
@@ -112,17 +197,27 @@ def make_edit_fn(pipe, model_name: str, run_dir: Path, limits: DemoLimits):
                 guidance_scale=_number(guidance, "Text guidance"),
                 scheduler=scheduler, max_side=limits.max_side, highres="residual" if highres else "off",
             )
-        except InstructSDError as err:  # a clear message in the page, never a crash
-            raise gr.Error(str(err).replace(str(Path(image_path).parent) + os.sep, "")) from err
+        except InstructSDError as err:  # a clear message in the page, naming the upload but no server path
+            raise gr.Error(str(err).replace(str(upload), upload.name)) from err
         seeds = [first_seed + k for k in range(num_outputs)]
-        results = edit_images(pipe, [image] * num_outputs, [instruction.strip()] * num_outputs, settings, seeds=seeds)
-        # One name per request: two requests in the same second (same seed) must not overwrite
-        # each other's downloads.
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        try:
+            results = edit_images(pipe, [image] * num_outputs, [instruction.strip()] * num_outputs, settings, seeds=seeds)
+        except Exception as err:  # noqa: BLE001 - out of memory, a broken model: say so, without a traceback's paths
+            log.exception("edit failed")
+            raise gr.Error(f"The edit failed on the server ({type(err).__name__}); try a smaller image or fewer edits.") from err
+        # Random names per request: requests at the same moment never collide, and nobody can
+        # guess another visitor's file. The record in outputs/ is never served; visitors get a
+        # copy in the private upload folder, which Gradio serves under a keyed hash.
+        token = uuid.uuid4().hex
+        served_dir = uploads / token
+        served_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for s, result in zip(seeds, results):
-            meta = {"model": model_name, "instruction": instruction.strip(), "seed": s, **dataclasses.asdict(settings)}
-            paths.append(str(save_png(result, out_dir / f"{stamp}-{s}.png", meta)))
+            meta = {"model": shown_model, "instruction": instruction.strip(), "seed": s, **dataclasses.asdict(settings)}
+            record = save_png(result, out_dir / f"{token}-{s}.png", meta)
+            served = served_dir / f"edit-seed{s}.png"
+            shutil.copyfile(record, served)
+            paths.append(str(served))
         return [(p, f"seed {s}") for p, s in zip(paths, seeds)], paths
 
     return edit
@@ -136,14 +231,15 @@ def build_demo(pipe, model_name: str, run_dir: str | Path, limits: DemoLimits = 
     defaults = EditSettings()
     with gr.Blocks(title="instructsd — edit images by instruction") as demo:
         gr.Markdown(
-            f"## Edit an image by an instruction\nModel: `{model_name}`. Uploads up to "
+            f"## Edit an image by an instruction\nModel: `{public_model_name(model_name)}`. Uploads up to "
             f"{limits.max_upload_mb:g} MB and {limits.max_pixels / 1e6:g} MP; edited at ≤ {limits.max_side} px."
         )
         with gr.Row():
             with gr.Column():
-                # image_mode=None: Gradio hands over the uploaded file undecoded, so our loader
-                # (pixel limit first, then EXIF, CMYK, 16-bit, ...) is the only thing that decodes it.
-                image = gr.Image(type="filepath", image_mode=None, label="Input image", sources=["upload", "clipboard"])
+                # A plain file: gr.Image would open it with Pillow before our handler runs, and answer
+                # an empty or broken upload with Gradio's generic error. Our loader (pixel limit first,
+                # then EXIF, CMYK, 16-bit, ...) is the only thing that decodes it (issue 17, item 5).
+                image = gr.File(label="Input image", file_count="single", type="filepath", elem_id="upload")
                 instruction = gr.Textbox(label="Instruction", placeholder="Cartoonize the image.")
                 with gr.Accordion("Parameters", open=False):
                     steps = gr.Slider(1, limits.max_steps, value=min(defaults.num_inference_steps, limits.max_steps), step=1,
@@ -174,10 +270,18 @@ def build_demo(pipe, model_name: str, run_dir: str | Path, limits: DemoLimits = 
 
 def launch(demo, run_dir: str | Path, limits: DemoLimits = DemoLimits(), host: str = "127.0.0.1",
            port: int | None = None, block: bool = True):
-    """Serve ``demo`` on ``host`` (loopback unless asked); uploads over the byte limit are refused."""
+    """Serve ``demo`` on ``host`` (loopback unless asked); uploads over the byte limit are refused.
+
+    Only the bundled examples are served from the run folder; ``outputs/`` is not. A blocking
+    launch deletes the private upload folder when the server stops.
+    """
     run_dir = Path(run_dir).resolve()
-    return demo.launch(
-        server_name=host, server_port=port, max_file_size=int(limits.max_upload_mb * 1024 * 1024),
-        prevent_thread_lock=not block, share=False, quiet=not block,
-        allowed_paths=[str(run_dir / "outputs"), str(run_dir / "examples")],
-    )
+    try:
+        return demo.launch(
+            server_name=host, server_port=port, max_file_size=int(limits.max_upload_mb * 1024 * 1024),
+            prevent_thread_lock=not block, share=False, quiet=not block,
+            allowed_paths=[str(run_dir / "examples")],
+        )
+    finally:
+        if block:
+            shutil.rmtree(upload_dir(), ignore_errors=True)

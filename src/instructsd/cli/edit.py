@@ -14,7 +14,8 @@ def edit_cmd(
     model: str = typer.Option(..., help="InstructPix2Pix model: hub id or local diffusers folder."),
     image: List[str] = typer.Option(..., help="Image file, folder (recursive) or quoted glob; repeatable."),
     instruction: List[str] = typer.Option(..., help='What to do, e.g. "Cartoonize the image."; repeatable.'),
-    out: Path = typer.Option(..., help="Output folder; or a .png file when editing one image once."),
+    out: Path = typer.Option(..., help="Output folder (new, empty, or one instructsd wrote); or a .png file when editing one image once."),
+    overwrite: bool = typer.Option(False, help="Replace files an earlier instructsd edit wrote there (never anything else)."),
     seed: List[int] = typer.Option([0], help="Seed; repeatable. The same seed gives the same edit."),
     steps: int = typer.Option(DEFAULT_STEPS, help="Sampling steps."),
     image_guidance: float = typer.Option(DEFAULT_IMAGE_GUIDANCE, help="Image guidance scale (higher stays closer to the input); any value >= 0, all applied (docs/editing.md)."),
@@ -22,9 +23,9 @@ def edit_cmd(
     scheduler: str = typer.Option("auto", help="auto (the model's own sampler; Euler ancestral for a hub InstructPix2Pix), euler_ancestral, euler, dpmpp, ddim or unipc."),
     negative_prompt: Optional[str] = typer.Option(None, help="What the edit should avoid."),
     batch_size: int = typer.Option(1, help="Edits of one image sampled together."),
-    max_side: Optional[int] = typer.Option(None, help="Downscale inputs so the longer side is at most this."),
-    highres: str = typer.Option("off", help="off, residual or guided: edit at the model's native size, restore detail at full size (docs/editing.md)."),
-    native_side: Optional[int] = typer.Option(None, help="Longer side to edit at with --highres (default: the model's)."),
+    max_side: Optional[int] = typer.Option(None, help="Longer side of the outputs (default: the input's with --highres residual/guided, the model's native side with --highres off)."),
+    highres: str = typer.Option("residual", help="residual or guided: the model edits at its native size and the change is carried to full size (bounded memory for any input); off: the model edits at --max-side (docs/editing.md)."),
+    native_side: Optional[int] = typer.Option(None, help="Longer side the model edits at with --highres residual/guided (default: the model's)."),
     max_pixels: int = typer.Option(50_000_000, help="Refuse inputs with more pixels than this (checked before decoding)."),
     sweep: List[str] = typer.Option([], help="Grid over a setting, e.g. image_guidance=1.0,1.5,2.0; up to two."),
     attention_slicing: bool = typer.Option(False, help="Attention in slices: less memory, a little slower."),
@@ -39,12 +40,15 @@ def edit_cmd(
 
     from tqdm import tqdm
 
-    from instructsd.edit.batch import edit_batch, parse_sweep, sweep_grid
-    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_editor
+    from instructsd.edit.batch import FAILURES, edit_batch, parse_sweep, planned_files, sweep_grid
+    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_editor, native_side as model_side
     from instructsd.edit.inputs import collect_inputs, read_image
     from instructsd.edit.io import save_png
+    from instructsd.edit.outputs import check_folder, check_not_an_input, check_single_file, is_single_file, open_folder
     from instructsd.errors import InstructSDError
 
+    if any(not text.strip() for text in instruction):
+        raise InstructSDError('--instruction is empty; say what to change, e.g. --instruction "Cartoonize the image."')
     settings = EditSettings(
         num_inference_steps=steps, image_guidance_scale=image_guidance, guidance_scale=guidance,
         scheduler=scheduler, negative_prompt=negative_prompt, max_side=max_side, highres=highres,
@@ -52,38 +56,54 @@ def edit_cmd(
     )
     sweeps = [parse_sweep(s) for s in sweep]
     sources = collect_inputs(image)
-    single_file = out.suffix.lower() == ".png"
+    # Where the outputs go is settled before any model loads (instructsd.edit.outputs).
+    check_not_an_input(out, sources)
+    single_file = is_single_file(out)
     if single_file and (len(sources) != 1 or len(instruction) != 1 or len(seed) != 1 or sweeps):
         raise InstructSDError(f"--out {out} is a file, but this run makes several images; pass a folder")
     if sweeps and len(sources) * len(instruction) != 1:
         raise InstructSDError("--sweep works on one image and one instruction")
+    root = Path(image[0]) if len(image) == 1 and Path(image[0]).is_dir() else None
+    sweep_name = f"{sources[0].stem}_sweep.png"
+    if single_file:
+        check_single_file(out, overwrite)
+    elif sweeps:
+        check_folder(out, [sweep_name, sweep_name[: -len(".png")] + ".json"], overwrite)
+    else:
+        check_folder(out, planned_files(sources, len(instruction), seed, root), overwrite)
 
     pipe = load_editor(model, device=None if cpu_offload else device, dtype=dtype)
     configure_pipeline(pipe, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
                        cpu_offload=cpu_offload, compile_unet=compile)
+    if settings.highres == "off" and settings.max_side is None:
+        # Bounded memory by default (issue 17): without the high-res carry-back the model edits at the
+        # output size, so that size defaults to the model's own; a larger one is the user's explicit choice.
+        settings = dataclasses.replace(settings, max_side=settings.native_side or model_side(pipe))
     meta = {"model": model, **dataclasses.asdict(settings)}
 
     if single_file:  # the simple form: one image, one instruction, one seed → out.png
-        source = read_image(sources[0], max_pixels=max_pixels)
+        source = read_image(sources[0], max_pixels=max_pixels, max_side=settings.max_side)
         (result,) = edit_images(pipe, [source], list(instruction), settings, seeds=list(seed))
         save_png(result, out, {**meta, "image": str(sources[0]), "instruction": instruction[0], "seed": seed[0]})
         typer.echo(f"wrote {out}")
         return
 
     if sweeps:
-        source = read_image(sources[0], max_pixels=max_pixels)
+        source = read_image(sources[0], max_pixels=max_pixels, max_side=settings.max_side)
         grid, cells = sweep_grid(pipe, source, instruction[0], sweeps, settings, seed=seed[0])
-        path = out / f"{sources[0].stem}_sweep.png"
+        path = open_folder(out) / sweep_name
         save_png(grid, path, {**meta, "image": str(sources[0]), "instruction": instruction[0], "seed": seed[0],
                               "sweep": [{"setting": name, "values": values} for name, values in sweeps]})
         typer.echo(f"wrote {path} ({len(cells)} edits)")
         return
 
-    root = Path(image[0]) if len(image) == 1 and Path(image[0]).is_dir() else None
     total = len(sources) * len(instruction) * len(seed)
     with tqdm(total=total, desc="editing", unit="edit") as bar:
         result = edit_batch(pipe, sources, instruction, seed, out, settings, batch_size=batch_size,
-                            model_name=model, root=root, max_pixels=max_pixels, progress=bar.update)
+                            model_name=model, root=root, max_pixels=max_pixels, progress=bar.update,
+                            overwrite=overwrite)
     typer.echo(f"wrote {len(result.outputs)} images to {out}")
+    if result.failures and not result.outputs:
+        raise InstructSDError(f"every input failed ({len(result.failures)}); see {out / FAILURES}")
     if result.failures:
-        typer.echo(f"{len(result.failures)} input(s) failed; see {out / 'failures.jsonl'}", err=True)
+        typer.echo(f"{len(result.failures)} input(s) failed; see {out / FAILURES}", err=True)

@@ -10,6 +10,24 @@ import typer
 app = typer.Typer(no_args_is_help=True, help="Make and inspect models.")
 
 
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """--overwrite replaces only a model folder instructsd wrote (its marker), never anything else (issue 17)."""
+    from instructsd.errors import InstructSDError
+    from instructsd.files import OUTPUT_MARKER, is_output_folder
+
+    if overwrite and out.is_dir() and any(out.iterdir()) and not is_output_folder(out):
+        raise InstructSDError(
+            f"'{out}' was not written by instructsd (no {OUTPUT_MARKER} marker); --overwrite replaces only "
+            "instructsd's own model folders, so delete it yourself or choose another folder"
+        )
+
+
+def _mark(out: Path, command: str) -> None:
+    from instructsd.files import mark_output_folder
+
+    mark_output_folder(out, f"instructsd model {command}")
+
+
 @app.command("init-tiny")
 
 
@@ -22,7 +40,9 @@ def model_init_tiny(
     """Write a tiny random-weight model (UNet, VAE, CLIP text encoder, BPE tokenizer, scheduler)."""
     from instructsd.models.tiny import init_tiny
 
+    _check_replaceable(out, overwrite)
     init_tiny(out, in_channels=in_channels, seed=seed, overwrite=overwrite)
+    _mark(out, "init-tiny")
     typer.echo(f"wrote {out} ({in_channels}-channel UNet)")
 
 
@@ -37,7 +57,9 @@ def model_init_hub(
     """Write a random-weight model laid out exactly like a hub checkpoint (CLIP tokenizer, safety checker, sampler)."""
     from instructsd.models.hub_layout import write_hub_model
 
+    _check_replaceable(out, overwrite)
     write_hub_model(out, layout, size=size, seed=seed, overwrite=overwrite)
+    _mark(out, "init-hub")
     typer.echo(f"wrote {out} ({layout} layout, {size})")
 
 
@@ -51,7 +73,9 @@ def model_merge_lora(
     """Merge LoRA adapters and the trained conv_in into a full InstructPix2Pix pipeline."""
     from instructsd.models.lora import merge_run
 
+    _check_replaceable(out, overwrite)
     merge_run(run, out, base_model=base_model, overwrite=overwrite)
+    _mark(out, "merge-lora")
     typer.echo(f"wrote {out}")
 
 

@@ -1,7 +1,10 @@
 """Editing many images: every (image, instruction, seed) into an output folder; sweeps as grids.
 
-One bad file never stops a batch: its error goes to ``failures.jsonl`` in the output folder
-and the batch moves on. Every output PNG carries how it was made (text chunks + sidecar JSON).
+One bad file never stops a batch: whatever goes wrong with it (unreadable, a decompression
+bomb, out of memory, any exception) goes to ``failures.jsonl`` in the output folder and the
+batch moves on. Every output PNG carries how it was made (text chunks + sidecar JSON). The
+output folder follows instructsd.edit.outputs: new, empty or instructsd's own, and files of an
+earlier run are replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from PIL import Image, ImageDraw
 from instructsd.edit.editor import EditSettings, edit_images
 from instructsd.edit.inputs import DEFAULT_MAX_PIXELS, read_image
 from instructsd.edit.io import save_png
+from instructsd.edit.outputs import check_folder, open_folder
 from instructsd.errors import InstructSDError
 
 # CLI names for the settings a sweep may vary (as in the InstructPix2Pix paper's figure 4 grid).
@@ -54,9 +58,26 @@ def output_stems(sources: Sequence[Path], root: Path | None) -> dict[Path, str]:
     return stems
 
 
+FAILURES = "failures.jsonl"
+
+
+def output_name(stem: str, instruction_index: int, seed: int) -> str:
+    return f"{stem}_i{instruction_index}_s{seed}.png"
+
+
+def planned_files(sources: Sequence[Path], n_instructions: int, seeds: Sequence[int], root: Path | None) -> list[str]:
+    """Every file name :func:`edit_batch` may write (PNGs, sidecars, the failure log)."""
+    names = [FAILURES]
+    for stem in output_stems(sources, root).values():
+        for k in range(n_instructions):
+            for seed in seeds:
+                png = output_name(stem, k, seed)
+                names += [png, png[: -len(".png")] + ".json"]
+    return names
+
+
 def _record_failure(out_dir: Path, source: str, error: str) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "failures.jsonl", "a") as f:  # appended line by line: survives a crash
+    with open(out_dir / FAILURES, "a") as f:  # appended line by line: survives a crash
         f.write(json.dumps({"image": source, "error": error}) + "\n")
 
 
@@ -72,39 +93,44 @@ def edit_batch(
     root: Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> BatchResult:
     """Edit each source by each instruction with each seed; write PNGs into ``out_dir``.
 
     Outputs are named ``<stem>_i<instruction index>_s<seed>.png``.
-    Jobs of one image share batches of ``batch_size``. An unreadable image (or one that fails
-    while editing) is recorded in ``out_dir/failures.jsonl`` and skipped.
+    Jobs of one image share batches of ``batch_size``. An image that fails in any way — while
+    reading, editing or saving — is recorded in ``out_dir/failures.jsonl`` and skipped.
+    ``overwrite`` lets this run replace files an earlier run left in ``out_dir``.
     """
     if not instructions:
         raise InstructSDError("give at least one --instruction")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stale = out_dir / "failures.jsonl"
-    if stale.exists():
-        stale.unlink()
+    check_folder(out_dir, planned_files(sources, len(instructions), seeds, root), overwrite)
+    open_folder(out_dir)
+    (out_dir / FAILURES).unlink(missing_ok=True)  # an earlier run's; check_folder allowed replacing it
     result = BatchResult()
     jobs = [(k, text, seed) for k, text in enumerate(instructions) for seed in seeds]
     stems = output_stems(sources, root)
     for source in sources:
+        written: list[Path] = []
+        edited = None
         try:
-            image = read_image(source, max_pixels=max_pixels)
+            # The decode stops at the size the edit needs when the format allows (JPEG draft).
+            image = read_image(source, max_pixels=max_pixels, max_side=settings.max_side)
             edited = edit_images(pipe, [image] * len(jobs), [j[1] for j in jobs], settings,
                                  seeds=[j[2] for j in jobs], batch_size=batch_size, progress=progress)
-        except Exception as err:  # noqa: BLE001 - one bad image must not stop the batch
+            del image
+            for (k, text, seed), out in zip(jobs, edited):
+                meta = {"model": model_name, "image": str(source), "instruction": text, "seed": seed,
+                        **dataclasses.asdict(settings)}
+                written.append(save_png(out, out_dir / output_name(stems[source], k, seed), meta))
+        except Exception as err:  # noqa: BLE001 - MemoryError, DecompressionBombError, anything: one image never stops the batch
             message = str(err).splitlines()[0] if str(err) else type(err).__name__
             _record_failure(out_dir, str(source), message)
             result.failures.append((str(source), message))
-            if progress is not None:
+            if progress is not None and edited is None:  # edit_images did not count these jobs
                 progress(len(jobs))
-            continue
-        for (k, text, seed), out in zip(jobs, edited):
-            meta = {"model": model_name, "image": str(source), "instruction": text, "seed": seed,
-                    **dataclasses.asdict(settings)}
-            result.outputs.append(save_png(out, out_dir / f"{stems[source]}_i{k}_s{seed}.png", meta))
+        result.outputs += written
     return result
 
 
