@@ -23,12 +23,12 @@ def demo_cmd(
 ) -> None:
     """Serve a web page to upload an image, type an instruction and download the edits."""
     from instructsd.app.demo import DemoLimits, build_demo, launch, prepare_run_dir
-    from instructsd.edit.editor import load_editor
+    from instructsd.edit.editor import load_pipeline
 
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_pixels=max_pixels, max_side=max_side,
                         concurrency=concurrency, queue_size=queue_size)
     run_dir = prepare_run_dir(out)
-    pipe = load_editor(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype)
     demo = build_demo(pipe, model, run_dir, limits)
     typer.echo(f"serving on http://{host}:{port or 7860} (run folder {run_dir}); Ctrl+C to stop")
     launch(demo, run_dir, limits, host=host, port=port, block=True)

@@ -40,7 +40,7 @@ def edit_cmd(
     from tqdm import tqdm
 
     from instructsd.edit.batch import edit_batch, parse_sweep, sweep_grid
-    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_editor
+    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_pipeline
     from instructsd.edit.inputs import collect_inputs, read_image
     from instructsd.edit.io import save_png
     from instructsd.errors import InstructSDError
@@ -58,7 +58,7 @@ def edit_cmd(
     if sweeps and len(sources) * len(instruction) != 1:
         raise InstructSDError("--sweep works on one image and one instruction")
 
-    pipe = load_editor(model, device=None if cpu_offload else device, dtype=dtype)
+    pipe = load_pipeline(model, device=None if cpu_offload else device, dtype=dtype)
     configure_pipeline(pipe, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
                        cpu_offload=cpu_offload, compile_unet=compile)
     meta = {"model": model, **dataclasses.asdict(settings)}

@@ -32,7 +32,7 @@ def eval_cmd(
     lpips: str = typer.Option("none", help="LPIPS backbone (alex or vgg; needs the lpips package), or none."),
 ) -> None:
     """PSNR and SSIM (and, on request, every other metric) of a model's edits, beside the identity baseline."""
-    from instructsd.edit.editor import EditSettings, default_device, load_editor
+    from instructsd.edit.editor import EditSettings, default_device, load_pipeline
     from instructsd.eval.features import MetricSuite, disabled
     from instructsd.eval.run import format_table, run_eval
     from instructsd.data.load import Columns, load_split
@@ -41,7 +41,7 @@ def eval_cmd(
     columns = Columns(input_column, edited_column, prompt_column, task_column, group_column)
     rows = load_split(dataset, split, columns)
     device = device or default_device()
-    pipe = load_editor(model, device=device)
+    pipe = load_pipeline(model, device=device)
     # Without any network metric asked for, the classic PSNR / SSIM evaluation; otherwise the whole suite.
     wanted = not all(disabled(x) for x in (clip, dino, lpips))
     suite = MetricSuite.load(clip, dino, lpips, device=device) if wanted else None

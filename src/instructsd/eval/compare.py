@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from instructsd.data.load import Columns, load_split
-from instructsd.edit.editor import EditSettings, edit_images, fit_size, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, fit_size, load_pipeline
 from instructsd.errors import InstructSDError
 from instructsd.eval.evaluate import NO_TASK, instruction_for, select_per_task
 from instructsd.eval.features import Example, MetricSuite, captions_for, mean_scores
@@ -231,7 +231,7 @@ def run_compare(
     gen_rows: list[dict] = []
     bar = tqdm(total=len(methods) * (1 + len(sets) + len(sweep)), desc="compare", disable=not progress, dynamic_ncols=True)
     for label, source in methods.items():
-        pipe = (pipes or {}).get(label) or load_editor(source, device=device)
+        pipe = (pipes or {}).get(label) or load_pipeline(source, device=device)
         seeds = [r.seed for r in rows]
         images = edit_images(pipe, [r.example.source for r in rows], dataset_texts, settings, seeds=seeds, batch_size=batch_size)
         scored = score(label, images, _slug(label), DATASET_SET, dataset_texts, settings.image_guidance_scale)
