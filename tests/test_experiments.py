@@ -11,8 +11,7 @@ from conftest import TEST_SPEC
 from instructsd.cli import run
 from instructsd.errors import InstructSDError
 from instructsd.eval.provenance import model_hashes
-from instructsd.experiments import experiment_configs, load_experiment
-from instructsd.experiments.recipe import _train_config
+from instructsd.recipes.experiment import experiment_configs, load_experiment, train_config
 
 
 def test_every_shipped_experiment_config_loads(tmp_path) -> None:
@@ -21,7 +20,7 @@ def test_every_shipped_experiment_config_loads(tmp_path) -> None:
     for name in names:
         cfg = load_experiment(name)
         # Each stage's training config resolves and validates too.
-        train_cfg = _train_config(cfg, "some/model", tmp_path / "data", tmp_path / "out", stage=1)
+        train_cfg = train_config(cfg, "some/model", tmp_path / "data", tmp_path / "out", stage=1)
         assert train_cfg.max_train_steps == cfg.steps_per_stage and train_cfg.seed == cfg.seed + 1
     full = load_experiment("ip2p-vs-sd-full")
     assert full.starts == {"from-ip2p": "timbrooks/instruct-pix2pix", "from-sd": "runwayml/stable-diffusion-v1-5"}

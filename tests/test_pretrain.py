@@ -12,8 +12,9 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from instructsd.cli import run
 from instructsd.config import from_dict
 from instructsd.errors import InstructSDError
-from instructsd.models.base import TINY_BASE_ALIAS, scratch_start, tiny_base_path, tiny_base_record
-from instructsd.models.pretrain import PretrainConfig, check_subset, pretrain_tiny
+from instructsd.models.loading import TINY_BASE_ALIAS, tiny_base_path, tiny_base_record
+from instructsd.recipes.pretrain_tiny import PretrainConfig, check_subset, pretrain_tiny
+from instructsd.recipes.quickstart import scratch_start
 
 SMALL = PretrainConfig(
     tasks=("denoise", "lowlight"), size=32, crops_per_image=2, unet_channels=(16, 32), vae_channels=(16,),
@@ -83,7 +84,7 @@ def test_alias_and_scratch_start_share_the_base_latent_space(tmp_path):
 
 
 def test_quickstart_compares_both_starts_with_validation_curves(tmp_path):
-    from instructsd.quickstart import BASE_LABEL, SCRATCH_LABEL, TUNED_LABEL, run_quickstart
+    from instructsd.recipes.quickstart import BASE_LABEL, SCRATCH_LABEL, TUNED_LABEL, run_quickstart
 
     report = run_quickstart(tmp_path / "qs", train_steps=2, crops_per_image=1, eval_per_task=1, validation_every=1,
                             progress=False)
