@@ -20,6 +20,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import base_file, resolve_model
+from instructsd.models.tokenizer import write_vocab_files
 
 PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json")
 CARD_TAGS = ["instructsd", "instruct-pix2pix", "image-to-image", "stable-diffusion"]
@@ -123,8 +124,6 @@ def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_enco
         safety_checker=safety_checker, feature_extractor=feature_extractor,
         requires_safety_checker=bool(keep) and index.get("requires_safety_checker", True),
     )
-    from instructsd.models.tokenizer import write_vocab_files
-
     with atomic_folder(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab_files(tokenizer, tmp / "tokenizer")

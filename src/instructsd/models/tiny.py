@@ -23,6 +23,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from instructsd.data.tasks import TASKS
 from instructsd.errors import InstructSDError
 from instructsd.models.tokenizer import MODEL_MAX_LENGTH, train_tokenizer, write_vocab_files
 
@@ -50,12 +51,10 @@ class TinySpec:
 
 def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, seed: int = 0, tokenizer_dir: Path | None = None):
     """Build (unet, vae, text_encoder, tokenizer, scheduler) with seeded random weights."""
-    from instructsd.data.tasks import TASKS  # the tokenizer learns the words of our own tasks
-
     if in_channels not in (4, 8):
         raise InstructSDError(f"--in-channels must be 4 (Stable Diffusion) or 8 (InstructPix2Pix), got {in_channels}")
     torch.manual_seed(seed)
-    texts = [text for task in TASKS.values() for text in task.instructions]
+    texts = [text for task in TASKS.values() for text in task.instructions]  # the tokenizer learns our tasks' words
     tok_dir = tokenizer_dir or Path(tempfile.mkdtemp(prefix="instructsd-tok-"))
     tokenizer = train_tokenizer(texts, tok_dir, vocab_size=spec.vocab_size)
 
