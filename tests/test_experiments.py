@@ -35,6 +35,11 @@ def test_experiment_config_errors_name_the_key() -> None:
         load_experiment("ip2p-vs-sd", ["starts={a: 'tiny:3'}"])
     with pytest.raises(InstructSDError, match="unknown config key 'stagez'"):
         load_experiment("ip2p-vs-sd", ["stagez=2"])
+    # TrainConfig keys are typed and checked when the experiment is loaded, before any training.
+    with pytest.raises(InstructSDError, match="config key 'resolution': expected int, got 'big'"):
+        load_experiment("ip2p-vs-sd", ["train_overrides={resolution: big}"])
+    with pytest.raises(InstructSDError, match="unknown config key 'learnin_rate' in the experiment's train_overrides"):
+        load_experiment("ip2p-vs-sd", ["train_overrides={learnin_rate: 1.0e-3}"])
 
 
 def test_ip2p_vs_sd_runs_on_tiny_models(tmp_path, photo_folder) -> None:

@@ -91,6 +91,7 @@ class ExperimentConfig:
         need(isinstance(self.train_overrides, dict), "train_overrides must be a mapping of TrainConfig keys")
         fixed = {"base_model", "dataset", "output_dir", "max_train_steps", "seed"} & set(self.train_overrides)
         need(not fixed, f"train_overrides may not set {', '.join(sorted(fixed))}: the experiment sets them")
+        typed_fields(TrainConfig, self.train_overrides, source="the experiment's train_overrides")  # before any training
         need(self.stages >= 1 and self.steps_per_stage >= 1, "stages and steps_per_stage must be >= 1")
         need(self.eval_steps >= 1, "eval_steps must be >= 1")
         # Guidance is checked now, not after the training it would be scored after (issue 11, item 7).

@@ -92,6 +92,10 @@ class PretrainConfig:
     ], "Candidate inference settings (EditSettings fields); the best mean PSNR on the small check subset is "
        "the one the card uses and reports on the full held-out set.")
 
+    def __post_init__(self) -> None:
+        # Checked now, not after the data and the autoencoder fit the training would follow.
+        typed_fields(TrainConfig, self.train, source="the pretrain recipe's 'train' mapping")
+
 
 def build_data(cfg: PretrainConfig, out: Path, progress: bool = True) -> Path:
     """The multi-task dataset (skipped when ``out`` already holds a complete one)."""
