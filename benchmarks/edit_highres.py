@@ -99,12 +99,12 @@ def main() -> None:
         print(out[-1], flush=True)
 
     if Path(args.model, "model_index.json").is_file():
-        from instructsd.edit.editor import EditSettings, edit_images, load_editor, native_side
+        from instructsd.edit.editor import EditSettings, edit_images, load_pipeline, native_side
 
         import torch
 
         torch.set_num_threads(1)  # stable on a shared 2-core machine
-        pipe = load_editor(args.model, device="cpu")
+        pipe = load_pipeline(args.model, device="cpu")
         side = native_side(pipe)
         rng = np.random.default_rng(0)
         task = get_task("lowlight")

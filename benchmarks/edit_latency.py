@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from instructsd.data.samples import sample_images
-from instructsd.edit.editor import EditSettings, edit_images, load_editor, native_side
+from instructsd.edit.editor import EditSettings, edit_images, load_pipeline, native_side
 
 
 def timed(fn) -> float:
@@ -43,7 +43,7 @@ def main() -> None:
         from instructsd.models.tiny import init_tiny
 
         model = str(init_tiny(Path(tempfile.mkdtemp()) / "tiny"))
-    pipe = load_editor(model, device="cpu")
+    pipe = load_pipeline(model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
     side = native_side(pipe)
     photo = dict(sample_images())["astronaut"]

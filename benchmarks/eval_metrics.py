@@ -26,9 +26,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from PIL import Image
 
-from instructsd.edit.editor import EditSettings, edit_images, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.eval.rows import Example, captions_for
-from instructsd.eval.suite import MetricSuite, save_tiny_clip, save_tiny_dino
+from instructsd.eval.rows import TASK_CAPTIONS
+from instructsd.eval.suite import MetricSuite
+from instructsd.models.tiny import save_tiny_clip, save_tiny_dino
 from instructsd.eval.metrics import PIXEL_METRICS, summarize
 from instructsd.models.tiny import init_tiny
 
@@ -55,7 +57,7 @@ def main() -> None:
         results[f"{name} (256 px pair)"] = best_of(lambda fn=fn: fn(a, b))
 
     with tempfile.TemporaryDirectory() as tmp:
-        clip, dino = save_tiny_clip(Path(tmp) / "clip"), save_tiny_dino(Path(tmp) / "dino")
+        clip, dino = save_tiny_clip(Path(tmp) / "clip", [c for pair in TASK_CAPTIONS.values() for c in pair]), save_tiny_dino(Path(tmp) / "dino")
         suite = MetricSuite.load(clip, dino, None)
         src, out = Image.fromarray(a).resize((64, 64)), Image.fromarray(b).resize((64, 64))
         ex = Example(src, out, *captions_for("denoise"))
@@ -67,7 +69,7 @@ def main() -> None:
         results["summarize 1,000 rows x 11 metrics"] = best_of(lambda: summarize(rows, metric_keys=suite.names), 3)
 
         model = init_tiny(Path(tmp) / "tiny", seed=0)
-        pipe = load_editor(model, device="cpu")
+        pipe = load_pipeline(model, device="cpu")
         edit_images(pipe, [src], ["Denoise the image."], EditSettings(num_inference_steps=2))  # warm-up
         edit = best_of(lambda: edit_images(pipe, [src], ["Denoise the image."], EditSettings(num_inference_steps=20)), 3)
 

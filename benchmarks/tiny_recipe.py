@@ -1,6 +1,6 @@
 """What makes a tiny instruction-following diffusion model learn fast? (issue #7)
 
-Each variant pre-trains a tiny base for a few CPU minutes with `instructsd.models.pretrain`'s
+Each variant pre-trains a tiny base for a few CPU minutes with `instructsd.recipes.pretrain_tiny`'s
 stages (same data, same held-out photos), then scores it on the held-out photos under several
 inference settings. One JSON line per (variant, settings) goes to
 benchmarks/results/tiny_recipe.jsonl; the table is printed.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from instructsd.edit.editor import EditSettings, load_editor
-from instructsd.models.pretrain import PretrainConfig, build_data, build_init_model, score, train_config
-from instructsd.train.data import load_split
+from instructsd.edit.editor import EditSettings, load_pipeline
+from instructsd.data.load import load_split
+from instructsd.recipes.pretrain_tiny import PretrainConfig, build_data, build_init_model, score, train_config
 from instructsd.train.recipe import train
 
 # The explored starting point (stock init, plain autoencoder, six tasks, lr 1e-3), pinned so the
@@ -110,13 +110,13 @@ def main() -> None:
         if not init.exists() and (reference / "autoencoder.json").exists():
             reuse_autoencoder(reference, init, cfg)  # same seed, same autoencoder: fit it once
         vae = build_init_model(cfg, data, init)
-        tcfg = train_config(cfg, init, data, work / f"run-{name}-{args.steps}", ["log_every=50"])
+        tcfg = train_config(cfg, init, data, work / f"run-{name}-{args.steps}", log_every=50)
         final = Path(tcfg.output_dir) / "final"
         tick = time.time()
         if not (final / "model_index.json").exists():  # a finished variant is scored again, not retrained
             train(tcfg, progress=True)
         train_s = time.time() - tick
-        pipe = load_editor(final, device="cpu")
+        pipe = load_pipeline(final, device="cpu")
         rows = load_split(data, "validation", ["input_image", "edited_image", "edit_prompt", "task"])
         for label, settings in SETTINGS.items():
             if args.settings and label not in args.settings:

@@ -14,7 +14,8 @@ from instructsd.cli import run
 from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.eval.compare import _generalization, model_labels
-from instructsd.eval.suite import save_tiny_clip, save_tiny_dino
+from instructsd.eval.rows import TASK_CAPTIONS
+from instructsd.models.tiny import save_tiny_clip, save_tiny_dino
 from instructsd.models.tiny import init_tiny
 
 
@@ -40,7 +41,7 @@ def comparison(tmp_path_factory, tiny_model):
     other = init_tiny(root / "other", spec=TEST_SPEC, seed=1)
     build_dataset([(f"p{i}", photo(i, (40, 40))) for i in range(4)], root / "data", tasks=("denoise", "cartoonize"),
                   size=32, crops_per_image=1, val_fraction=0.5, progress=False)
-    clip, dino = save_tiny_clip(root / "clip"), save_tiny_dino(root / "dino")
+    clip, dino = save_tiny_clip(root / "clip", [c for pair in TASK_CAPTIONS.values() for c in pair]), save_tiny_dino(root / "dino")
     out = root / "run"
     code = run(["compare", "--models", tiny_model, f"other={other}", "--dataset", str(root / "data"), "--out", str(out),
                 "--per-task", "1", "--steps", "1", "--sweep", "1.0,1.5", "--instructions", "seen,held_out",

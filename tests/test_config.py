@@ -169,15 +169,15 @@ def test_every_shipped_preset_loads_and_takes_overrides_of_every_type(name, tmp_
 
 
 def test_every_shipped_experiment_and_the_pretrain_recipe_take_typed_overrides():
-    from instructsd.experiments.recipe import _train_config, experiment_configs, load_experiment
-    from instructsd.models.pretrain import PretrainConfig
+    from instructsd.recipes.experiment import experiment_configs, load_experiment, train_config
+    from instructsd.recipes.pretrain_tiny import PretrainConfig
 
     for name in experiment_configs():
         cfg = load_experiment(name, ["clip=no", "include_pretrained=yes", "eval_per_task=none", "guidance=3",
                                      "train_overrides={mixed_precision: no}", "tasks=[denoise]"])
         assert (cfg.clip, cfg.include_pretrained, cfg.eval_per_task, cfg.guidance) == ("no", True, None, 3.0)
         assert cfg.train_overrides == {"mixed_precision": False} and cfg.tasks == ["denoise"]
-        assert _train_config(cfg, "base", Path("data"), Path("out"), 0).mixed_precision == "no"
+        assert train_config(cfg, "base", Path("data"), Path("out"), 0).mixed_precision == "no"
     cfg = load_config(PretrainConfig, None, ["tasks=[denoise, lowlight]", "unet_channels=[8, 16]", "unet_norm_groups=null",
                                              "identity_init=off", "vae_anchor=0.5"])
     assert cfg.tasks == ("denoise", "lowlight") and cfg.unet_channels == (8, 16) and cfg.unet_norm_groups is None

@@ -22,11 +22,11 @@ gr = pytest.importorskip("gradio", reason="the demo extra is not installed: pip 
 def served(tiny_model, tmp_path_factory):
     """The demo on a loopback port, with the tiny model and tiny limits."""
     from instructsd.app.demo import DemoLimits, build_demo, launch
-    from instructsd.edit.editor import load_editor
+    from instructsd.edit.editor import load_pipeline
 
     run_dir = tmp_path_factory.mktemp("demo")
     limits = DemoLimits(max_upload_mb=1, max_pixels=200_000, max_side=64, max_steps=3)
-    demo = build_demo(load_editor(tiny_model, device="cpu"), tiny_model, run_dir, limits)
+    demo = build_demo(load_pipeline(tiny_model, device="cpu"), tiny_model, run_dir, limits)
     _, url, _ = launch(demo, run_dir, limits, block=False)
     yield demo, url, run_dir
     demo.close()

@@ -31,10 +31,10 @@ SERVED_NAME = re.compile(r"/([0-9a-f]{32})/edit-seed(\d+)\.png$")
 
 def serve(model, run_dir, **limits):
     from instructsd.app.demo import DemoLimits, build_demo, launch
-    from instructsd.edit.editor import load_editor
+    from instructsd.edit.editor import load_pipeline
 
     limits = DemoLimits(max_upload_mb=1, max_pixels=200_000, max_side=64, max_steps=3, **limits)
-    demo = build_demo(load_editor(model, device="cpu"), model, run_dir, limits)
+    demo = build_demo(load_pipeline(model, device="cpu"), model, run_dir, limits)
     _, url, _ = launch(demo, run_dir, limits, block=False)
     return demo, url
 

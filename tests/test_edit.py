@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import photo
 from instructsd.cli import run
-from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, fit_size, load_editor
+from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, fit_size, load_pipeline
 from instructsd.edit.highres import guided_upsample, residual_upsample
 from instructsd.edit.inputs import check_pixels, collect_inputs
 from instructsd.errors import InstructSDError
@@ -32,7 +32,7 @@ def huge_png_header(path, width=100_000, height=100_000):
 
 @pytest.fixture(scope="module")
 def pipe(ip2p_hub_model):
-    return load_editor(ip2p_hub_model, device="cpu")
+    return load_pipeline(ip2p_hub_model, device="cpu")
 
 
 @pytest.fixture
@@ -209,10 +209,10 @@ def test_auto_sampler_follows_the_model(tiny_model, tmp_path):
 
     from diffusers import DDIMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 
-    from instructsd.models.pretrain import ship_scheduler
+    from instructsd.recipes.pretrain_tiny import ship_scheduler
 
     image, instruction = photo(1, (32, 32)), "Denoise the image."
-    plain = load_editor(tiny_model, device="cpu")
+    plain = load_pipeline(tiny_model, device="cpu")
     edit_images(plain, [image], [instruction], EditSettings(num_inference_steps=2))
     assert isinstance(plain.scheduler, EulerAncestralDiscreteScheduler)
 
@@ -220,14 +220,14 @@ def test_auto_sampler_follows_the_model(tiny_model, tmp_path):
     shutil.copytree(tiny_model, sample_model)
     config = json.loads((sample_model / "scheduler" / "scheduler_config.json").read_text())
     (sample_model / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "prediction_type": "sample"}))
-    pipe = load_editor(sample_model, device="cpu")
+    pipe = load_pipeline(sample_model, device="cpu")
     edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2))
     assert isinstance(pipe.scheduler, EulerDiscreteScheduler)
     with pytest.raises(InstructSDError, match="Euler ancestral.*euler, ddim"):
         edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2, scheduler="euler_ancestral"))
 
     ship_scheduler(sample_model, "ddim")  # what pretrain-tiny does with the card's sampler
-    pipe = load_editor(sample_model, device="cpu")
+    pipe = load_pipeline(sample_model, device="cpu")
     first = edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2), seeds=[3])[0]
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.prediction_type == "sample"
     again = edit_images(pipe, [image], [instruction], EditSettings(num_inference_steps=2, scheduler="ddim"), seeds=[3])[0]

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from instructsd.eval.rows import Example, captions_for
-from instructsd.eval.suite import CLIP_METRICS, ClipEmbedder, MetricSuite, save_tiny_clip, save_tiny_dino
+from instructsd.eval.rows import TASK_CAPTIONS, Example, captions_for
+from instructsd.eval.suite import CLIP_METRICS, ClipEmbedder, MetricSuite
+from instructsd.models.tiny import save_tiny_clip, save_tiny_dino
 from instructsd.eval.metrics import LOWER_IS_BETTER, PIXEL_METRICS, l1, l2, psnr, psnr_y, ssim_y
 from instructsd.eval.provenance import model_hashes, package_versions, provenance, sha256_file
 
@@ -22,7 +23,7 @@ def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
     root = tmp_path_factory.mktemp("metric-nets")
-    return str(save_tiny_clip(root / "clip")), str(save_tiny_dino(root / "dino"))
+    return str(save_tiny_clip(root / "clip", [c for pair in TASK_CAPTIONS.values() for c in pair])), str(save_tiny_dino(root / "dino"))
 
 
 # ----------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from instructsd.data.build import build_dataset
 from instructsd.edit.editor import EditSettings
 from instructsd.eval.compare import format_table, run_compare
 from instructsd.eval.provenance import sha256_file
-from instructsd.eval.suite import MetricSuite, save_tiny_clip
+from instructsd.eval.rows import TASK_CAPTIONS
+from instructsd.eval.suite import MetricSuite
+from instructsd.models.tiny import save_tiny_clip
 
 
 def test_eval_records_seeds_versions_and_model_hashes(tmp_path, tiny_model, capsys) -> None:
@@ -39,7 +41,7 @@ def test_eval_records_seeds_versions_and_model_hashes(tmp_path, tiny_model, caps
 def test_eval_with_the_metric_suite_keeps_the_callers_config(tmp_path, tiny_model) -> None:
     build_dataset([(f"p{i}", photo(i, (40, 40))) for i in range(3)], tmp_path / "data", tasks=("lowlight",), size=32,
                   crops_per_image=1, val_fraction=0.34, progress=False)
-    suite = MetricSuite.load(save_tiny_clip(tmp_path / "clip"), None, "none")
+    suite = MetricSuite.load(save_tiny_clip(tmp_path / "clip", [c for pair in TASK_CAPTIONS.values() for c in pair]), None, "none")
     result = run_compare({"model": tiny_model}, tmp_path / "data", tmp_path / "eval", settings=EditSettings(num_inference_steps=1),
                          per_task=1, sweep=(), suite=suite, device="cpu", progress=False, config={"note": "test"},
                          embed_images=True)

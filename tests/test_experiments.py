@@ -11,8 +11,7 @@ from conftest import TEST_SPEC
 from instructsd.cli import run
 from instructsd.errors import InstructSDError
 from instructsd.eval.provenance import model_hashes
-from instructsd.experiments import experiment_configs, load_experiment
-from instructsd.experiments.recipe import _train_config
+from instructsd.recipes.experiment import experiment_configs, load_experiment, train_config
 
 
 def test_every_shipped_experiment_config_loads(tmp_path) -> None:
@@ -21,7 +20,7 @@ def test_every_shipped_experiment_config_loads(tmp_path) -> None:
     for name in names:
         cfg = load_experiment(name)
         # Each stage's training config resolves and validates too.
-        train_cfg = _train_config(cfg, "some/model", tmp_path / "data", tmp_path / "out", stage=1)
+        train_cfg = train_config(cfg, "some/model", tmp_path / "data", tmp_path / "out", stage=1)
         assert train_cfg.max_train_steps == cfg.steps_per_stage and train_cfg.seed == cfg.seed + 1
     full = load_experiment("ip2p-vs-sd-full")
     assert full.starts == {"from-ip2p": "timbrooks/instruct-pix2pix", "from-sd": "runwayml/stable-diffusion-v1-5"}
@@ -36,6 +35,11 @@ def test_experiment_config_errors_name_the_key() -> None:
         load_experiment("ip2p-vs-sd", ["starts={a: 'tiny:3'}"])
     with pytest.raises(InstructSDError, match="unknown config key 'stagez'"):
         load_experiment("ip2p-vs-sd", ["stagez=2"])
+    # TrainConfig keys are typed and checked when the experiment is loaded, before any training.
+    with pytest.raises(InstructSDError, match="config key 'resolution': expected int, got 'big'"):
+        load_experiment("ip2p-vs-sd", ["train_overrides={resolution: big}"])
+    with pytest.raises(InstructSDError, match="unknown config key 'learnin_rate' in the experiment's train_overrides"):
+        load_experiment("ip2p-vs-sd", ["train_overrides={learnin_rate: 1.0e-3}"])
 
 
 def test_ip2p_vs_sd_runs_on_tiny_models(tmp_path, photo_folder) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import photo
 from instructsd.cli import run
 from instructsd.config import load_config
-from instructsd.edit.editor import EditSettings, edit_images, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.edit.guidance import guided_at_any_scale, needs_forced_guidance, stock_guides
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
@@ -29,7 +29,7 @@ STEPS = 2
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model):
-    pipe = load_editor(tiny_model, device="cpu")
+    pipe = load_pipeline(tiny_model, device="cpu")
     # A deterministic sampler, so edit_images and a direct stock call can be compared exactly.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe
@@ -173,7 +173,7 @@ def test_eval_and_compare_check_guidance_before_loading_anything(tmp_path, capsy
     assert "image-guidance sweep: image guidance (image_guidance_scale) must be" in one_error_line(capsys)
 
     from instructsd.eval.compare import run_compare
-    from instructsd.experiments.recipe import load_experiment
+    from instructsd.recipes.experiment import load_experiment
 
     with pytest.raises(InstructSDError, match="image-guidance sweep: .*got nan"):
         run_compare({"m": "no-such-model"}, missing, tmp_path / "out", sweep=[1.0, math.nan], progress=False)

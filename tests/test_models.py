@@ -11,7 +11,7 @@ from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPip
 from PIL import Image
 
 from instructsd.cli import run
-from instructsd.edit.editor import EditSettings, edit_images, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import load_components
 
@@ -29,11 +29,11 @@ def test_four_channel_model_is_a_plain_stable_diffusion_pipeline(tiny_sd_model):
     out = pipe("a cat", num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(0)).images[0]
     assert out.size == (32, 32)
     with pytest.raises(InstructSDError, match="4-channel UNet"):
-        load_editor(tiny_sd_model, device="cpu")
+        load_pipeline(tiny_sd_model, device="cpu")
 
 
 def test_edit_depends_only_on_each_images_seed(tiny_model):
-    pipe = load_editor(tiny_model, device="cpu")
+    pipe = load_pipeline(tiny_model, device="cpu")
     a, b = Image.new("RGB", (32, 32), (10, 200, 30)), Image.new("RGB", (32, 32), (90, 20, 160))
     settings = EditSettings(num_inference_steps=3)
     alone = edit_images(pipe, [b], ["cartoonize the image"], settings, seeds=[11])[0]

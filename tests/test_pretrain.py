@@ -10,10 +10,12 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 
 from instructsd.cli import run
-from instructsd.config import from_dict
+from instructsd.config import from_dict, load_config
 from instructsd.errors import InstructSDError
-from instructsd.models.base import TINY_BASE_ALIAS, scratch_start, tiny_base_path, tiny_base_record
-from instructsd.models.pretrain import PretrainConfig, check_subset, pretrain_tiny
+from instructsd.models.loading import TINY_BASE_ALIAS, tiny_base_path, tiny_base_record
+from instructsd.recipes.pretrain_tiny import PretrainConfig, check_subset, pretrain_tiny, train_config
+from instructsd.recipes.quickstart import scratch_start
+from instructsd.train.config import TrainConfig
 
 SMALL = PretrainConfig(
     tasks=("denoise", "lowlight"), size=32, crops_per_image=2, unet_channels=(16, 32), vae_channels=(16,),
@@ -83,7 +85,7 @@ def test_alias_and_scratch_start_share_the_base_latent_space(tmp_path):
 
 
 def test_quickstart_compares_both_starts_with_validation_curves(tmp_path):
-    from instructsd.quickstart import BASE_LABEL, SCRATCH_LABEL, TUNED_LABEL, run_quickstart
+    from instructsd.recipes.quickstart import BASE_LABEL, SCRATCH_LABEL, TUNED_LABEL, run_quickstart
 
     report = run_quickstart(tmp_path / "qs", train_steps=2, crops_per_image=1, eval_per_task=1, validation_every=1,
                             progress=False)
@@ -138,4 +140,16 @@ def test_pretrain_cli_takes_recipe_changes_as_key_value(tmp_path, capsys):
     assert "unknown config key 'train_step'" in capsys.readouterr().err
     assert run(["model", "pretrain-tiny", str(tmp_path / "pre"), "size=big"]) == 1
     assert "config key 'size'" in capsys.readouterr().err
+    assert run(["model", "pretrain-tiny", str(tmp_path / "pre"), "train={learnin_rate: 1.0e-3}"]) == 1
+    assert "unknown config key 'learnin_rate' in the pretrain recipe's 'train' mapping" in capsys.readouterr().err
     assert not (tmp_path / "pre").exists()  # refused before anything is written
+
+
+def test_pretrain_train_config_is_the_preset_with_typed_changes(tmp_path):
+    cfg = replace(SMALL, train={**SMALL.train, "learning_rate": "2e-3", "use_ema": "yes"})  # as YAML 1.1 may read them
+    tcfg = train_config(cfg, tmp_path / "init", tmp_path / "data", tmp_path / "out", report_to="none", seed=7)
+    assert (tcfg.learning_rate, tcfg.use_ema, tcfg.seed) == (2e-3, True, 7)
+    # A keyword keeps its type: the formatted 'report_to=none' override this replaced read as null (tensorboard).
+    assert tcfg.report_to == "none"
+    assert (tcfg.base_model, tcfg.resolution, tcfg.max_train_steps, tcfg.cache_latents) == (str(tmp_path / "init"), 32, 3, True)
+    assert tcfg.lr_warmup_steps == load_config(TrainConfig, "tiny-cpu").lr_warmup_steps  # the rest is the preset's

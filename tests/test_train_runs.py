@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from instructsd.config import load_config
 from instructsd.data.build import build_dataset
-from instructsd.edit.editor import EditSettings, edit_images, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
 from instructsd.train.recipe import resolve_mixed_precision, train
@@ -54,7 +54,7 @@ def test_bf16_run_validates_checkpoints_resumes_saves_and_edits(tiny_model, data
     # The saved model is fp32 whatever trained it, and edits in bf16 on the CPU.
     weights = load_file(str(tmp_path / "full" / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert {t.dtype for t in weights.values()} == {torch.float32}
-    pipe = load_editor(tmp_path / "full" / "final", device="cpu", dtype="bf16")
+    pipe = load_pipeline(tmp_path / "full" / "final", device="cpu", dtype="bf16")
     out = edit_images(pipe, [photo(9, (32, 24))], ["denoise the image"], EditSettings(num_inference_steps=2))[0]
     assert out.size == (32, 24) and np.asarray(out).std() > 0
 

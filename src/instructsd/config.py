@@ -212,6 +212,15 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
     """Build ``cls`` from a mapping, refusing unknown keys and mistyped values."""
+    return cls(**typed_fields(cls, data, source))
+
+
+def typed_fields(cls: type, data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """``data`` as ``cls``'s fields: unknown keys refused, each value read as its field's type.
+
+    For ``dataclasses.replace(cfg, **typed_fields(type(cfg), changes))`` where the changes come
+    from a file (a recipe's mapping of TrainConfig keys), so they are checked like the file itself.
+    """
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -219,8 +228,7 @@ def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
         raise InstructSDError(
             f"unknown config key '{unknown[0]}' in {source}; known keys: {', '.join(names)}"
         )
-    values = {k: _coerce(v, hints[k], k) for k, v in data.items()}
-    return cls(**values)
+    return {k: _coerce(v, hints[k], k) for k, v in data.items()}
 
 
 def parse_overrides(items: list[str], cls: type) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def demo_cmd(
 ) -> None:
     """Serve a web page to upload an image, type an instruction and download the edits."""
     from instructsd.app.demo import DemoLimits, build_demo, exposure_warning, launch, prepare_run_dir
-    from instructsd.edit.editor import load_editor
+    from instructsd.edit.editor import load_pipeline
 
     warning = exposure_warning(host)
     if warning:
@@ -35,7 +35,7 @@ def demo_cmd(
                         concurrency=concurrency, queue_size=queue_size, max_stored_files=max_stored_files,
                         max_stored_mb=max_stored_mb, max_stored_age_s=max_stored_hours * 3600)
     run_dir = prepare_run_dir(out)
-    pipe = load_editor(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype)
     demo = build_demo(pipe, model, run_dir, limits)
     typer.echo(f"serving on http://{host}:{port or 7860} (run folder {run_dir}); Ctrl+C to stop")
     launch(demo, run_dir, limits, host=host, port=port, block=True)

@@ -41,7 +41,7 @@ def edit_cmd(
     from tqdm import tqdm
 
     from instructsd.edit.batch import FAILURES, edit_batch, parse_sweep, planned_files, sweep_grid
-    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_editor, native_side as model_side
+    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_pipeline, native_side as model_side
     from instructsd.edit.inputs import collect_inputs, read_image
     from instructsd.edit.io import save_png
     from instructsd.edit.outputs import check_folder, check_not_an_input, check_single_file, is_single_file, open_folder
@@ -72,7 +72,7 @@ def edit_cmd(
     else:
         check_folder(out, planned_files(sources, len(instruction), seed, root), overwrite)
 
-    pipe = load_editor(model, device=None if cpu_offload else device, dtype=dtype)
+    pipe = load_pipeline(model, device=None if cpu_offload else device, dtype=dtype)
     configure_pipeline(pipe, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
                        cpu_offload=cpu_offload, compile_unet=compile)
     if settings.highres == "off" and settings.max_side is None:

@@ -13,7 +13,7 @@ def experiment_cmd(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. output_dir=runs/x stages=2."),
 ) -> None:
     """Data → fine-tune in stages with validation curves → compare against identity and ground truth."""
-    from instructsd.experiments import experiment_configs, load_experiment, run_experiment
+    from instructsd.recipes.experiment import experiment_configs, load_experiment, run_experiment
 
     if name == "list":
         for key, path in sorted(experiment_configs().items()):

@@ -94,7 +94,7 @@ def model_pretrain_tiny(
     import sys
 
     from instructsd.config import load_config
-    from instructsd.models.pretrain import PretrainConfig, format_metrics, pretrain_tiny
+    from instructsd.recipes.pretrain_tiny import PretrainConfig, format_metrics, pretrain_tiny
 
     extra = [f"{k}={v}" for k, v in {"train_steps": steps, "seed": seed}.items() if v is not None]
     cfg = load_config(PretrainConfig, None, list(overrides or []) + extra)

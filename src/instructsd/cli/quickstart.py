@@ -14,7 +14,7 @@ def quickstart_cmd(
     base: Optional[Path] = typer.Option(None, help="Instruction-following base to fine-tune (default: the tiny base shipped with instructsd)."),
 ) -> None:
     """Fine-tune the shipped tiny base on an unseen task, beside a 4-channel start: curves, metrics, report."""
-    from instructsd.quickstart import run_quickstart
+    from instructsd.recipes.quickstart import run_quickstart
 
     report = run_quickstart(out, train_steps=steps, base=base)
     typer.echo(f"report: {report.resolve()}")

@@ -34,7 +34,7 @@ from instructsd.edit.guidance import (
 )
 from instructsd.edit.highres import HIGHRES_METHODS
 from instructsd.errors import InstructSDError
-from instructsd.models.loading import check_model, torch_dtype
+from instructsd.models.loading import check_model, resolve_model, torch_dtype
 
 # Euler ancestral is what the InstructPix2Pix authors ship with their pipeline.
 SCHEDULERS = {
@@ -97,11 +97,9 @@ def default_device() -> str:
     return "cpu"
 
 
-def load_editor(model: str | Path, device: str | None = None, dtype: str = "fp32") -> StableDiffusionInstructPix2PixPipeline:
+def load_pipeline(model: str | Path, device: str | None = None, dtype: str = "fp32") -> StableDiffusionInstructPix2PixPipeline:
     """Load an 8-channel InstructPix2Pix pipeline from a hub id or a local folder
     (``instructsd/tiny-base``: the base that ships with the package)."""
-    from instructsd.models.base import resolve_model
-
     model = resolve_model(model)
     check_model(model)
     try:

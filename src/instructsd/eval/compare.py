@@ -32,7 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from instructsd.data.load import Columns, load_split
-from instructsd.edit.editor import EditSettings, edit_images, load_editor
+from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.errors import InstructSDError
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
@@ -224,7 +224,7 @@ def run_compare(
     gen_rows: list[dict] = []
     bar = tqdm(total=len(methods) * (1 + len(sets) + len(sweep)), desc="compare", disable=not progress, dynamic_ncols=True)
     for label, source in methods.items():
-        pipe = (pipes or {}).get(label) or load_editor(source, device=device)
+        pipe = (pipes or {}).get(label) or load_pipeline(source, device=device)
         outputs[label] = edit_rows(pipe, rows, settings, batch_size=batch_size)
         scored = score_outputs(label, outputs[label], rows, suite, scale=settings.image_guidance_scale,
                                paths=saved(outputs[label], _slug(label)))

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from instructsd.eval.metrics import METRICS, PIXEL_METRICS, to_array
-from instructsd.eval.rows import TASK_CAPTIONS, Example
+from instructsd.eval.rows import Example
 
 # Defaults follow the papers: InstructPix2Pix scores with CLIP ViT-L/14; MagicBrush's DINO
 # score uses DINO ViT-S/16. Pass a local folder (or "none") to use another or to skip.
@@ -244,44 +244,6 @@ class MetricSuite:
             tgt = self._cached(None if key is None else ("dino", key), lambda: self.dino.images([example.target])[0])
             scores["dino"] = float(self.dino.images([output])[0] @ tgt)
         return scores
-
-
-# ----------------------------------------------------------------------------
-# Tiny random-weight networks, built in code (tests, CPU benchmarks): real classes, tiny sizes.
-
-
-def save_tiny_clip(out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """Write a tiny random CLIP (model, image processor, BPE tokenizer) that `ClipEmbedder.load` reads."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from instructsd.models.tokenizer import train_tokenizer
-
-    out = Path(out)
-    tokenizer = train_tokenizer([c for pair in TASK_CAPTIONS.values() for c in pair], out, vocab_size=600)
-    torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2),
-        projection_dim=16,
-    )
-    CLIPModel(config).save_pretrained(out)
-    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
-    return out
-
-
-def save_tiny_dino(out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """Write a tiny random DINO-style ViT (model and image processor) that `DinoEmbedder.load` reads."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    out = Path(out)
-    torch.manual_seed(seed)
-    ViTModel(ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2), add_pooling_layer=False).save_pretrained(out)
-    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
-    return out
 
 
 def mean_scores(rows: Sequence[dict], keys: Sequence[str]) -> dict[str, float]:

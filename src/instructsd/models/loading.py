@@ -2,7 +2,8 @@
 
 ``from_pretrained`` accepts a hub id or a local diffusers folder. For a local folder we check
 up front that every component is there, so a half-copied checkpoint fails with a message
-naming the missing folder instead of a deep stack trace.
+naming the missing folder instead of a deep stack trace. ``instructsd/tiny-base`` names the
+tiny instruction-following base that ships inside the package (made by `model pretrain-tiny`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from huggingface_hub import hf_hub_download
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from instructsd.errors import InstructSDError
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+TINY_BASE_DIR = Path(__file__).parent / "tiny_base"
+TINY_BASE_ALIAS = "instructsd/tiny-base"
+"""Name that resolves to the shipped base wherever a model is accepted (``base_model=instructsd/tiny-base``)."""
 
 
 @dataclass
@@ -95,10 +101,45 @@ def check_model_folder(path: str | Path) -> None:
                 f"with `DiffusionPipeline.from_pretrained('{path}').save_pretrained(OUT, safe_serialization=True)` and pass OUT")
 
 
+# ----------------------------------------------------------------------------
+# The shipped tiny base, and single files of a model folder or hub id
+
+
+def tiny_base_path() -> Path:
+    """Folder of the shipped base (a stock diffusers InstructPix2Pix folder)."""
+    if not (TINY_BASE_DIR / "model_index.json").is_file():
+        raise InstructSDError(
+            f"the shipped tiny base is missing from {TINY_BASE_DIR}; reinstall instructsd, or make one with "
+            "`instructsd model pretrain-tiny runs/pretrain` and copy runs/pretrain/model there"
+        )
+    return TINY_BASE_DIR
+
+
+def tiny_base_record(path: Path | None = None) -> dict:
+    """The base's pretrain.json: the recipe, its inference settings and its recorded metrics."""
+    path = path or tiny_base_path()
+    return json.loads((path / "pretrain.json").read_text())
+
+
+def resolve_model(model: str | Path) -> str | Path:
+    """Map the alias of the shipped base to its folder; anything else is returned unchanged."""
+    return tiny_base_path() if str(model) == TINY_BASE_ALIAS else model
+
+
+def base_file(model: str | Path, filename: str, revision: str | None = None) -> Path | None:
+    """A file of the base model: from its folder, or from the hub cache for a hub id; None if absent."""
+    model = resolve_model(model)
+    if is_local(model):
+        path = Path(model) / filename
+        return path if path.is_file() else None
+    try:
+        return Path(hf_hub_download(str(model), filename, revision=revision))
+    except Exception:  # noqa: BLE001 - absent file, offline without a cached copy: the caller falls back
+        return None
+
+
 def check_hub_model(model: str, revision: str | None = None) -> None:
     """For a hub id, refuse unsupported architectures from its cached model_index.json (if any)."""
-    from instructsd.models.saving import base_file
-
     index = base_file(model, "model_index.json", revision)
     if index is not None:
         check_supported(json.loads(index.read_text()), model)
@@ -121,8 +162,6 @@ def is_local(model: str | Path) -> bool:
 def load_components(model: str | Path, revision: str | None = None) -> Components:
     """Load unet, vae, text encoder, tokenizer and a DDPM training scheduler from ``model``
     (``instructsd/tiny-base``: the base that ships with the package)."""
-    from instructsd.models.base import resolve_model
-
     model = resolve_model(model)
     check_model(model, revision)
     # Only safetensors are read, never pickles (a hub repository with .bin weights only fails here).

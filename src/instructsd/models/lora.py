@@ -33,6 +33,9 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from instructsd.errors import InstructSDError
+from instructsd.models.loading import load_components
+from instructsd.models.saving import base_license, card_metadata, license_note, save_finetuned
+from instructsd.models.surgery import ensure_instruct_unet
 
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's names
@@ -181,10 +184,6 @@ def merge_run(run: str | Path, out: str | Path, base_model: str | None = None, o
     ``run`` is a run folder (its ``lora/`` is used) or the adapter folder itself; the base
     model is the one recorded at training time unless ``base_model`` overrides it.
     """
-    from instructsd.models.loading import load_components
-    from instructsd.models.surgery import ensure_instruct_unet
-    from instructsd.models.saving import base_license, card_metadata, license_note, save_finetuned
-
     folder = Path(run)
     if (folder / "lora").is_dir():
         folder = folder / "lora"

@@ -19,6 +19,8 @@ import yaml
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from instructsd.errors import InstructSDError
+from instructsd.models.loading import base_file, resolve_model
+from instructsd.models.tokenizer import write_vocab_files
 
 PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json")
 CARD_TAGS = ["instructsd", "instruct-pix2pix", "image-to-image", "stable-diffusion"]
@@ -41,23 +43,6 @@ def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def base_file(model: str | Path, filename: str, revision: str | None = None) -> Path | None:
-    """A file of the base model: from its folder, or from the hub cache for a hub id; None if absent."""
-    from instructsd.models.base import resolve_model
-    from instructsd.models.loading import is_local
-
-    model = resolve_model(model)
-    if is_local(model):
-        path = Path(model) / filename
-        return path if path.is_file() else None
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(str(model), filename, revision=revision))
-    except Exception:  # noqa: BLE001 - absent file, offline without a cached copy: the caller falls back
-        return None
 
 
 def base_license(model: str | Path) -> str | None:
@@ -109,8 +94,6 @@ def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_enco
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPImageProcessor
 
-    from instructsd.models.base import resolve_model
-
     base_model = resolve_model(base_model)
     index_path, scheduler_path = (base_file(base_model, f, revision) for f in PIPELINE_FILES)
     if index_path is None or scheduler_path is None:
@@ -141,8 +124,6 @@ def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_enco
         safety_checker=safety_checker, feature_extractor=feature_extractor,
         requires_safety_checker=bool(keep) and index.get("requires_safety_checker", True),
     )
-    from instructsd.models.tokenizer import write_vocab_files
-
     with atomic_folder(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab_files(tokenizer, tmp / "tokenizer")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from instructsd.data.tasks import TASKS
 from instructsd.errors import InstructSDError
 from instructsd.models.tokenizer import MODEL_MAX_LENGTH, train_tokenizer, write_vocab_files
 
@@ -49,12 +51,10 @@ class TinySpec:
 
 def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, seed: int = 0, tokenizer_dir: Path | None = None):
     """Build (unet, vae, text_encoder, tokenizer, scheduler) with seeded random weights."""
-    from instructsd.data.tasks import TASKS  # the tokenizer learns the words of our own tasks
-
     if in_channels not in (4, 8):
         raise InstructSDError(f"--in-channels must be 4 (Stable Diffusion) or 8 (InstructPix2Pix), got {in_channels}")
     torch.manual_seed(seed)
-    texts = [text for task in TASKS.values() for text in task.instructions]
+    texts = [text for task in TASKS.values() for text in task.instructions]  # the tokenizer learns our tasks' words
     tok_dir = tokenizer_dir or Path(tempfile.mkdtemp(prefix="instructsd-tok-"))
     tokenizer = train_tokenizer(texts, tok_dir, vocab_size=spec.vocab_size)
 
@@ -145,3 +145,44 @@ def init_tiny(out_dir: str | Path, in_channels: int = 8, spec: TinySpec = TinySp
     with tempfile.TemporaryDirectory(prefix="instructsd-tok-") as tok_dir:
         parts = build_tiny_components(spec, in_channels=in_channels, seed=seed, tokenizer_dir=Path(tok_dir))
         return save_pipeline(out_dir, *parts, overwrite=overwrite)
+
+
+# ----------------------------------------------------------------------------
+# Tiny random CLIP and DINO for the metric suite (tests, CPU benchmarks): real classes, tiny sizes.
+
+
+def save_tiny_clip(out: str | Path, texts: Iterable[str], image_size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random CLIP (model, image processor, BPE tokenizer) that `ClipEmbedder.load` reads.
+
+    ``texts``: what its tokenizer learns, i.e. the captions it will score (the evaluation's own
+    caption table; passed in because the model layer knows nothing of evaluation).
+    """
+    # Imported on use: only these builders need CLIP/ViT classes (and ViT's processor warns on import without torchvision).
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = Path(out)
+    tokenizer = train_tokenizer(list(texts), out, vocab_size=600)
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out
+
+
+def save_tiny_dino(out: str | Path, image_size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny random DINO-style ViT (model and image processor) that `DinoEmbedder.load` reads."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = Path(out)
+    torch.manual_seed(seed)
+    ViTModel(ViTConfig(image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2), add_pooling_layer=False).save_pretrained(out)
+    ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(out)
+    return out

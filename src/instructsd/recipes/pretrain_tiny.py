@@ -9,7 +9,8 @@ SD") needs a small base of our own. The recipe, every stage resumable inside ``O
     model     tiny components (BPE tokenizer, CLIP text encoder, autoencoder, 8-channel UNet);
               the autoencoder is fitted to the training photos
     train     the normal trainer (``train.recipe.train``) with checkpoints, so an
-              interrupted run continues where it stopped
+              interrupted run continues where it stopped; its config is the tiny-cpu preset
+              with typed changes (``dataclasses.replace``)
     score     held-out photos: base vs identity per task, seen vs held-out paraphrases
     ship      the final pipeline in ``OUT/model`` with a model card and ``metrics.json``
 
@@ -21,17 +22,34 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
+from diffusers import DDPMScheduler
 
-from instructsd.config import opt, save_config
+from instructsd.config import load_config, opt, save_config, typed_fields
+from instructsd.data.build import build_dataset
+from instructsd.data.load import load_split
+from instructsd.data.samples import sample_images
+from instructsd.edit.editor import SCHEDULERS, EditSettings, load_pipeline
 from instructsd.errors import InstructSDError
+from instructsd.eval.compare import edit_rows, score_model, score_outputs
+from instructsd.eval.metrics import summarize
+from instructsd.eval.rows import paraphrases, prepare_rows
+from instructsd.eval.suite import MetricSuite
+from instructsd.files import atomic_write_text
+from instructsd.models.autoencoder import fit_autoencoder
+from instructsd.models.identity_init import identity_init
+from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
+from instructsd.train.config import TrainConfig
+from instructsd.train.recipe import train
+from instructsd.train.validation import read_curves
 
 PRETRAIN_TASKS = ("denoise", "lowlight", "dehaze", "whitebalance")
 """Tasks the base learns. ``cartoonize`` is left out so the quickstart can teach an unseen one;
@@ -74,12 +92,13 @@ class PretrainConfig:
     ], "Candidate inference settings (EditSettings fields); the best mean PSNR on the small check subset is "
        "the one the card uses and reports on the full held-out set.")
 
+    def __post_init__(self) -> None:
+        # Checked now, not after the data and the autoencoder fit the training would follow.
+        typed_fields(TrainConfig, self.train, source="the pretrain recipe's 'train' mapping")
+
 
 def build_data(cfg: PretrainConfig, out: Path, progress: bool = True) -> Path:
     """The multi-task dataset (skipped when ``out`` already holds a complete one)."""
-    from instructsd.data.build import build_dataset
-    from instructsd.data.samples import sample_images
-
     if (out / "dataset_dict.json").exists():
         return out
     build_dataset(sample_images(), out, tasks=cfg.tasks, size=cfg.size, crops_per_image=cfg.crops_per_image,
@@ -89,10 +108,6 @@ def build_data(cfg: PretrainConfig, out: Path, progress: bool = True) -> Path:
 
 def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: int = 8, progress: bool = True) -> dict:
     """Random UNet and text encoder, autoencoder fitted to the training photos; saved to ``out``."""
-    from instructsd.models.autoencoder import fit_autoencoder
-    from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
-    from instructsd.data.load import load_split
-
     stats_file = out / "autoencoder.json"
     if stats_file.exists():
         return json.loads(stats_file.read_text())
@@ -109,25 +124,28 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     stats = fit_autoencoder(vae, photos, steps=cfg.vae_steps, size=cfg.size, seed=cfg.seed, anchor_weight=cfg.vae_anchor,
                             progress=progress)
     if cfg.identity_init:
-        from instructsd.models.identity_init import identity_init
-
         identity_init(unet, scaling_factor=vae.config.scaling_factor)
     scheduler.register_to_config(prediction_type=cfg.train.get("prediction_type") or "epsilon")
     save_pipeline(out, unet, vae, text_encoder, tokenizer, scheduler, overwrite=True)
     shutil.rmtree(tok_dir, ignore_errors=True)
-    stats_file.write_text(json.dumps(stats, indent=2, default=float))
+    atomic_write_text(stats_file, json.dumps(stats, indent=2, default=float))
     return stats
 
 
-def train_config(cfg: PretrainConfig, init: Path, data: Path, out: Path, extra: list[str] | None = None):
-    """The TrainConfig of the pre-training run: the tiny-cpu preset + ``cfg.train``."""
-    from instructsd.config import load_config
-    from instructsd.train.config import TrainConfig
+def train_config(cfg: PretrainConfig, init: Path, data: Path, out: Path, **changes) -> TrainConfig:
+    """The TrainConfig of the pre-training run: the tiny-cpu preset, this recipe's sizes, then
+    ``cfg.train`` (typed by TrainConfig's fields), then ``changes``, each layer over the last."""
+    tcfg = replace(load_config(TrainConfig, "tiny-cpu"), base_model=str(init), dataset=str(data), output_dir=str(out),
+                   resolution=cfg.size, max_train_steps=cfg.train_steps, seed=cfg.seed, cache_latents=True)
+    tcfg = replace(tcfg, **typed_fields(TrainConfig, cfg.train, source="the pretrain recipe's 'train' mapping"))
+    return replace(tcfg, **changes)
 
-    overrides = [f"base_model={init}", f"dataset={data}", f"output_dir={out}", f"resolution={cfg.size}",
-                 f"max_train_steps={cfg.train_steps}", f"seed={cfg.seed}", "cache_latents=true"]
-    overrides += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in cfg.train.items()]
-    return load_config(TrainConfig, "tiny-cpu", overrides + list(extra or []))
+
+def validation_changes(settings: EditSettings) -> dict:
+    """TrainConfig's in-training validation keys, set to edit as ``settings`` does."""
+    return {"validation_scheduler": settings.scheduler, "validation_steps": settings.num_inference_steps,
+            "validation_image_guidance": float(settings.image_guidance_scale),
+            "validation_guidance": float(settings.guidance_scale)}
 
 
 def score(pipe, rows, settings, *, per_task: int, seed: int = 0, batch_size: int = 16) -> dict:
@@ -137,11 +155,6 @@ def score(pipe, rows, settings, *, per_task: int, seed: int = 0, batch_size: int
     task's held-out bank, never used in training. The rows, the paraphrase rule, the scores and
     the per-task means are evaluation's own (``eval.rows``, ``eval.compare``, ``eval.metrics.summarize``).
     """
-    from instructsd.eval.compare import edit_rows, score_model, score_outputs
-    from instructsd.eval.metrics import summarize
-    from instructsd.eval.rows import paraphrases, prepare_rows
-    from instructsd.eval.suite import MetricSuite
-
     examples, suite = prepare_rows(rows, per_task=per_task, seed=seed), MetricSuite.headline()
     held = paraphrases(examples, "held_out", seed)
     scored = [*score_model(pipe, examples, settings, suite, batch_size=batch_size),
@@ -159,15 +172,9 @@ def check_subset(cfg: PretrainConfig, pipe, folder: Path, settings: dict, progre
     """Scores on a small subset anyone can rebuild in seconds (same photos, split and seed,
     ``CHECK_CROPS`` crops per photo, held out of training like the full evaluation), so a test
     can confirm the shipped weights reproduce them."""
-    from instructsd.data.build import build_dataset
-    from instructsd.data.samples import sample_images
-    from instructsd.edit.editor import EditSettings
-
     if not (folder / "dataset_dict.json").exists():
         build_dataset(sample_images(), folder, tasks=cfg.tasks, size=cfg.size, crops_per_image=CHECK_CROPS,
                       val_fraction=cfg.val_fraction, seed=cfg.seed, progress=progress)
-    from instructsd.data.load import load_split
-
     rows = load_split(folder, "validation", ["input_image", "edited_image", "edit_prompt", "task"])
     return {"crops_per_image": CHECK_CROPS, "settings": settings,
             "metrics": score(pipe, rows, EditSettings(**settings), per_task=None, seed=cfg.seed)}
@@ -203,11 +210,6 @@ def format_metrics(metrics: dict) -> str:
 def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, progress: bool = True,
                   command: str = "") -> Path:
     """Run (or resume) every stage; returns ``OUT/model``, the finished base."""
-    from instructsd.edit.editor import EditSettings, load_editor
-    from instructsd.data.load import load_split
-    from instructsd.train.recipe import train
-    from instructsd.train.validation import read_curves
-
     out = Path(out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -215,30 +217,28 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
     if saved.exists() and json.loads(saved.read_text())["config"] != json.loads(json.dumps(asdict(cfg))):
         raise InstructSDError(f"'{out}' holds a pre-training run with other settings ({saved}); use another OUT "
                               "or delete it to start over")
-    saved.write_text(json.dumps({"config": asdict(cfg)}, indent=2))
+    atomic_write_text(saved, json.dumps({"config": asdict(cfg)}, indent=2))
     save_config(cfg, work / "pretrain.yaml")  # the same recipe, readable and reusable: pretrain-tiny OUT key=value
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     data = build_data(cfg, work / "data", progress=progress)
     vae_stats = build_init_model(cfg, data, work / "init", progress=progress)
-    first = cfg.settings[0]
-    every = max(1, cfg.train_steps // 5)
-    tcfg = train_config(cfg, work / "init", data, work / "train", [
-        "checkpoint_every=250", "keep_last=1", "resume=auto", "overwrite=true",  # continue a killed run; else replace its debris
-        # A validation curve on held-out photos (per task) while it trains.
-        f"validation_every={every}", "num_validation_images=4", "report_to=none",
-        f"validation_scheduler={first['scheduler']}", f"validation_steps={first['num_inference_steps']}",
-        f"validation_image_guidance={first['image_guidance_scale']}", f"validation_guidance={first['guidance_scale']}"])
+    tcfg = train_config(
+        cfg, work / "init", data, work / "train",
+        checkpoint_every=250, keep_last=1, resume="auto", overwrite=True,  # continue a killed run; else replace its debris
+        # A validation curve on held-out photos (per task) while it trains, edited as the first candidate settings.
+        validation_every=max(1, cfg.train_steps // 5), num_validation_images=4, report_to="none",
+        **validation_changes(EditSettings(**cfg.settings[0])))
     result = train(tcfg, progress=progress)
     # Training time adds up over interrupted and resumed invocations.
     timing_file = work / "train_seconds.json"
     spent = json.loads(timing_file.read_text())["seconds"] if timing_file.exists() else 0.0
     spent = (spent if result.resumed_from is not None else 0.0) + result.wall_seconds
-    timing_file.write_text(json.dumps({"seconds": spent}))
+    atomic_write_text(timing_file, json.dumps({"seconds": spent}))
     curve = read_curves(work / "train" / "validation.jsonl", "psnr")
 
-    pipe = load_editor(result.final_dir, device=device)
+    pipe = load_pipeline(result.final_dir, device=device)
     # Settings are chosen on the small check subset, then reported on the (larger) held-out set.
     search = [check_subset(cfg, pipe, work / "check-data", settings, progress=progress) for settings in cfg.settings]
     check = max(search, key=lambda c: mean_psnr(c["metrics"]))
@@ -269,22 +269,16 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
 def ship_scheduler(folder: Path, name: str) -> None:
     """Save the card's sampler as the folder's scheduler, so stock diffusers and instructsd's
     'auto' sampler both use it (same noise schedule and prediction type as training)."""
-    from diffusers import DDPMScheduler
-
-    from instructsd.edit.editor import SCHEDULERS
-
     training = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
     sampler = SCHEDULERS[name].from_config(training.config)
     shutil.rmtree(folder / "scheduler")
     sampler.save_pretrained(folder / "scheduler")
     index = json.loads((folder / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", type(sampler).__name__]
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    atomic_write_text(folder / "model_index.json", json.dumps(index, indent=2))
 
 
 def _device_name(device: str) -> str:
-    import platform
-
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"

@@ -15,11 +15,25 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
+from diffusers import UNet2DConditionModel
 
 from instructsd.config import load_config
+from instructsd.data.build import build_dataset
+from instructsd.data.samples import sample_images
+from instructsd.edit.editor import EditSettings
 from instructsd.errors import InstructSDError
+from instructsd.eval.compare import run_compare
+from instructsd.files import atomic_write_text
+from instructsd.models.loading import load_components, tiny_base_path, tiny_base_record
+from instructsd.models.tiny import save_pipeline
+from instructsd.recipes.pretrain_tiny import validation_changes
+from instructsd.train.config import TrainConfig
+from instructsd.train.recipe import train
+from instructsd.train.validation import read_curves
 
 MARKER = ".instructsd-quickstart"
 TASK = "cartoonize"
@@ -36,6 +50,19 @@ def _fresh_run_folder(out: Path) -> None:
     (out / MARKER).write_text("this folder is replaced by every `instructsd quickstart` run\n")
 
 
+def scratch_start(base: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """A 4-channel Stable-Diffusion-layout model sharing ``base``'s autoencoder, text encoder,
+    tokenizer and scheduler, with an untrained UNet of the same architecture.
+
+    It is the miniature of "start from plain SD": no instruction-following UNet, same latent
+    space and text encoder; the trainer expands its conv_in to 8 channels.
+    """
+    parts = load_components(base)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_config({**parts.unet.config, "in_channels": 4})
+    return save_pipeline(out, unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler, overwrite=True)
+
+
 def run_quickstart(
     out: str | Path = "runs/quickstart",
     *,
@@ -47,15 +74,6 @@ def run_quickstart(
     progress: bool = True,
 ) -> Path:
     """Run the comparison end to end and return the path of ``report.html``."""
-    from instructsd.data.build import build_dataset
-    from instructsd.data.samples import sample_images
-    from instructsd.edit.editor import EditSettings
-    from instructsd.eval.compare import run_compare
-    from instructsd.models.base import scratch_start, tiny_base_path, tiny_base_record
-    from instructsd.train.config import TrainConfig
-    from instructsd.train.recipe import train
-    from instructsd.train.validation import read_curves
-
     out = Path(out)
     base = Path(base) if base else tiny_base_path()
     record = tiny_base_record(base)
@@ -76,16 +94,14 @@ def run_quickstart(
     every = validation_every or max(1, steps // 8)
     runs: dict[str, Path] = {}
     losses: dict[str, list] = {}
+    # Both starts train with the same config; validation edits with the base's own card settings.
+    preset = replace(load_config(TrainConfig, "quickstart"), dataset=str(data), resolution=recipe["size"],
+                     max_train_steps=steps, validation_every=every, num_validation_images=8, cache_latents=True,
+                     report_to="none", seed=recipe["seed"], **validation_changes(settings))
     for label, start in ((TUNED_LABEL, base), (SCRATCH_LABEL, scratch)):
         tick = time.time()
         folder = out / "train" / ("from-base" if start == base else "from-4ch")
-        overrides = [f"base_model={start}", f"dataset={data}", f"output_dir={folder}", f"resolution={recipe['size']}",
-                     f"max_train_steps={steps}", f"validation_every={every}", "num_validation_images=8",
-                     "cache_latents=true", "report_to=none", f"seed={recipe['seed']}",
-                     f"validation_scheduler={settings.scheduler}", f"validation_steps={settings.num_inference_steps}",
-                     f"validation_image_guidance={settings.image_guidance_scale}",
-                     f"validation_guidance={settings.guidance_scale}"]
-        cfg = load_config(TrainConfig, "quickstart", overrides)
+        cfg = replace(preset, base_model=str(start), output_dir=str(folder))
         result = train(cfg, progress=progress)
         runs[label], losses[label] = result.final_dir, result.losses
         timings[f"train {label}"] = time.time() - tick
@@ -111,8 +127,8 @@ def run_quickstart(
     timings["compare"] = time.time() - tick
     timings["total"] = time.time() - started
     psnr = {row["method"]: row["psnr"] for row in result.summary if row.get("task") == TASK}
-    (out / "quickstart.json").write_text(json.dumps({"timings_s": timings, "psnr": psnr, "curves": curves,
-                                                     "losses": losses}, indent=2, default=float))
+    atomic_write_text(out / "quickstart.json", json.dumps({"timings_s": timings, "psnr": psnr, "curves": curves,
+                                                           "losses": losses}, indent=2, default=float))
     for method, value in psnr.items():
         print(f"{method:30s} {TASK} PSNR {value:6.2f} dB")
     print("wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timings.items()))

@@ -23,16 +23,28 @@ from typing import Optional
 
 import numpy as np
 
-from instructsd.config import from_dict, opt, parse_overrides, presets, read_yaml, save_config, to_dict
+from instructsd.config import load_config, opt, save_config, to_dict, typed_fields
+from instructsd.data.build import build_dataset
+from instructsd.data.images import find_images, load_image
+from instructsd.data.load import load_split
+from instructsd.data.samples import sample_images
+from instructsd.edit.editor import EditSettings, default_device, load_pipeline
 from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, guidance_problem
 from instructsd.errors import InstructSDError
+from instructsd.eval.compare import IDENTITY, model_labels, run_compare, score_model
+from instructsd.eval.rows import prepare_rows
+from instructsd.eval.suite import MetricSuite
+from instructsd.models.autoencoder import fit_autoencoder
+from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
+from instructsd.train.config import TrainConfig
+from instructsd.train.recipe import train
 
 TINY_PREFIX = "tiny:"
 
 
 @dataclasses.dataclass
 class ExperimentConfig:
-    """Every key an experiment reads; see the shipped YAMLs beside this file."""
+    """Every key an experiment reads; see the shipped YAMLs in ``experiments/`` beside this file."""
 
     # --- what and where --------------------------------------------------------------------
     title: str = opt("instructsd experiment", "Report title.")
@@ -79,6 +91,7 @@ class ExperimentConfig:
         need(isinstance(self.train_overrides, dict), "train_overrides must be a mapping of TrainConfig keys")
         fixed = {"base_model", "dataset", "output_dir", "max_train_steps", "seed"} & set(self.train_overrides)
         need(not fixed, f"train_overrides may not set {', '.join(sorted(fixed))}: the experiment sets them")
+        typed_fields(TrainConfig, self.train_overrides, source="the experiment's train_overrides")  # before any training
         need(self.stages >= 1 and self.steps_per_stage >= 1, "stages and steps_per_stage must be >= 1")
         need(self.eval_steps >= 1, "eval_steps must be >= 1")
         # Guidance is checked now, not after the training it would be scored after (issue 11, item 7).
@@ -90,7 +103,7 @@ class ExperimentConfig:
 
 def experiment_configs() -> dict[str, Path]:
     """Shipped experiments: {name: YAML path}."""
-    folder = resources.files("instructsd.experiments")
+    folder = resources.files("instructsd.recipes") / "experiments"
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
 
 
@@ -100,9 +113,7 @@ def load_experiment(name: str | Path, overrides: list[str] | None = None) -> Exp
     path = shipped.get(str(name), Path(name))
     if not path.is_file():
         raise InstructSDError(f"unknown experiment '{name}'; use one of {', '.join(sorted(shipped))} or a YAML file")
-    data = read_yaml(path, ExperimentConfig)
-    data.update(parse_overrides(overrides or [], ExperimentConfig))
-    return from_dict(ExperimentConfig, data, source=str(path))
+    return load_config(ExperimentConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------
@@ -112,17 +123,11 @@ def load_experiment(name: str | Path, overrides: list[str] | None = None) -> Exp
 def _build_data(cfg: ExperimentConfig, out: Path, progress: bool) -> Path:
     if cfg.dataset:
         return Path(cfg.dataset)
-    from instructsd.data.build import build_dataset
-
     if not cfg.images:
         raise InstructSDError("experiment needs data: pass images=<folder of photos> (or images=skimage) or dataset=<folder>")
     if cfg.images == "skimage":
-        from instructsd.data.samples import sample_images
-
         sources = sample_images()
     else:
-        from instructsd.data.images import find_images, load_image
-
         folder = Path(cfg.images)
         sources = [(str(p.relative_to(folder).with_suffix("")), load_image(p)) for p in find_images(folder)]
     data = out / "data"
@@ -138,8 +143,6 @@ def _tiny_starts(cfg: ExperimentConfig, out: Path, data: Path, progress: bool) -
     Same seed, same components: only the UNets differ (8 vs 4 input channels). The autoencoder
     is fitted once on the training photos when ``fit_vae_steps`` > 0, like the quickstart's.
     """
-    from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
-
     tiny = {label: model for label, model in cfg.starts.items() if model.startswith(TINY_PREFIX)}
     folders = {label: out / "models" / label for label in tiny}
     if not tiny or all(f.exists() for f in folders.values()):
@@ -151,9 +154,6 @@ def _tiny_starts(cfg: ExperimentConfig, out: Path, data: Path, progress: bool) -
             spec, in_channels=int(model[len(TINY_PREFIX):]), seed=cfg.seed, tokenizer_dir=out / "models" / f".tok-{label}")
         if shared_vae is None:
             if cfg.fit_vae_steps > 0:
-                from instructsd.models.autoencoder import fit_autoencoder
-                from instructsd.data.load import load_split
-
                 rows = load_split(data, "train", ["input_image", "edited_image"])
                 photos = [row[col] for row in rows for col in ("input_image", "edited_image")]
                 fit_autoencoder(vae, photos, steps=cfg.fit_vae_steps, size=min(cfg.size, spec.sample_size), seed=cfg.seed,
@@ -164,26 +164,18 @@ def _tiny_starts(cfg: ExperimentConfig, out: Path, data: Path, progress: bool) -
     return {label: str(f) for label, f in folders.items()}
 
 
-def _train_config(cfg: ExperimentConfig, base: str, data: Path, out: Path, stage: int):
-    from instructsd.train.config import TrainConfig
-
-    preset = presets().get(cfg.train_preset, Path(cfg.train_preset))
-    values = {**read_yaml(preset, TrainConfig), **cfg.train_overrides, "base_model": base, "dataset": str(data),
-              "output_dir": str(out), "max_train_steps": cfg.steps_per_stage, "seed": cfg.seed + stage,
-              "overwrite": True}  # each run of the experiment retrains its own stage folders
-    return from_dict(TrainConfig, values, source=f"{preset} + experiment")
+def train_config(cfg: ExperimentConfig, base: str, data: Path, out: Path, stage: int) -> TrainConfig:
+    """Stage ``stage``'s TrainConfig: the preset, then ``train_overrides`` (typed by TrainConfig's
+    fields), then what the experiment decides (which model, data, folder, budget and seed)."""
+    tcfg = dataclasses.replace(load_config(TrainConfig, cfg.train_preset),
+                               **typed_fields(TrainConfig, cfg.train_overrides, source="the experiment's train_overrides"))
+    return dataclasses.replace(tcfg, base_model=str(base), dataset=str(data), output_dir=str(out),
+                               max_train_steps=cfg.steps_per_stage, seed=cfg.seed + stage,
+                               overwrite=True)  # each run of the experiment retrains its own stage folders
 
 
 def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> Path:
     """Run the experiment; returns the path of its report.html."""
-    from instructsd.edit.editor import EditSettings, default_device, load_editor
-    from instructsd.eval.compare import IDENTITY, model_labels, run_compare
-    from instructsd.eval.compare import score_model
-    from instructsd.eval.rows import prepare_rows
-    from instructsd.eval.suite import MetricSuite
-    from instructsd.data.load import load_split
-    from instructsd.train.recipe import train
-
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "experiment.yaml")
@@ -202,10 +194,10 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> Path:
     for label, base in starts.items():
         current = base
         for stage in range(cfg.stages):
-            result = train(_train_config(cfg, current, data, out / "train" / label / f"stage-{stage + 1}", stage),
+            result = train(train_config(cfg, current, data, out / "train" / label / f"stage-{stage + 1}", stage),
                            progress=progress)
             current = str(result.final_dir)
-            scored = score_model(load_editor(current, device=device),
+            scored = score_model(load_pipeline(current, device=device),
                                  prepare_rows(rows, per_task=cfg.eval_per_task, seed=cfg.seed), settings)
             step = (stage + 1) * cfg.steps_per_stage
             for metric in curves:
