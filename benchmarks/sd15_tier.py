@@ -86,7 +86,7 @@ def stage_train(work: Path, size: int, kind: str) -> dict:
 
     from instructsd.config import load_config
     from instructsd.train.config import TrainConfig
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
 
     preset = {"lora": "sd15-256-lora", "full": "sd15-256"}[kind]
     overrides = [f"base_model={work / 'instruct-pix2pix'}", f"dataset={work / 'data'}", f"output_dir={work / kind}",

@@ -23,8 +23,8 @@ import torch
 
 from instructsd.edit.editor import EditSettings, load_editor
 from instructsd.models.pretrain import PretrainConfig, build_data, build_init_model, score, train_config
-from instructsd.train.data import load_split
-from instructsd.train.recipe import train
+from instructsd.data.load import load_split
+from instructsd.train.loop import train
 
 # The explored starting point (stock init, plain autoencoder, six tasks, lr 1e-3), pinned so the
 # table in benchmarks/RESULTS.md reproduces whatever the shipped recipe's defaults become.

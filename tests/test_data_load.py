@@ -92,7 +92,7 @@ def test_columns_are_trainconfigs_keys() -> None:
 @pytest.mark.parametrize("progress", [True, False])
 def test_cache_encoding_and_validation_show_progress_bars_unless_disabled(tmp_path, tiny_model, capfd, progress) -> None:
     from instructsd.config import load_config
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
 
     data = _post_dataset(tmp_path / "cartoon", rows_per_split=2)
     cfg = load_config(TrainConfig, "tiny-cpu", [

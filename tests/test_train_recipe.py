@@ -19,7 +19,7 @@ from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.train.cache import sample_latents
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 
 from conftest import photo
 

@@ -15,7 +15,7 @@ from instructsd.data.build import build_dataset
 from instructsd.edit.editor import EditSettings, edit_images, load_editor
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import resolve_mixed_precision, train
+from instructsd.train.loop import resolve_mixed_precision, train
 
 from conftest import photo
 

@@ -53,7 +53,7 @@ def run_quickstart(
     from instructsd.eval.compare import run_compare
     from instructsd.models.base import scratch_start, tiny_base_path, tiny_base_record
     from instructsd.train.config import TrainConfig
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
     from instructsd.train.validation import read_curves
 
     out = Path(out)

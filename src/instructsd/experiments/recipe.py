@@ -181,7 +181,7 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> Path:
     from instructsd.eval.evaluate import evaluate
     from instructsd.eval.features import MetricSuite
     from instructsd.data.load import load_split
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

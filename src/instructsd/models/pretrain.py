@@ -8,7 +8,7 @@ SD") needs a small base of our own. The recipe, every stage resumable inside ``O
               with scikit-image, split by photo: validation photos are never trained on
     model     tiny components (BPE tokenizer, CLIP text encoder, autoencoder, 8-channel UNet);
               the autoencoder is fitted to the training photos
-    train     the normal trainer (``train.recipe.train``) with checkpoints, so an
+    train     the normal trainer (``train.loop.train``) with checkpoints, so an
               interrupted run continues where it stopped
     score     held-out photos: base vs identity per task, seen vs held-out paraphrases
     ship      the final pipeline in ``OUT/model`` with a model card and ``metrics.json``
@@ -219,7 +219,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
     """Run (or resume) every stage; returns ``OUT/model``, the finished base."""
     from instructsd.edit.editor import EditSettings, load_editor
     from instructsd.data.load import load_split
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
     from instructsd.train.validation import read_curves
 
     out = Path(out)
