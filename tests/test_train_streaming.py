@@ -17,8 +17,9 @@ from instructsd.config import load_config
 from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
-from instructsd.train.streaming import StreamingPairs, open_stream
+from instructsd.train.loop import train
+from instructsd.train.batches import StreamingPairs
+from instructsd.train.streaming import open_stream
 
 from conftest import photo
 

@@ -1,10 +1,14 @@
-"""The InstructPix2Pix fine-tuning recipe: setup → train → save, readable top to bottom.
+"""The InstructPix2Pix fine-tuning loop: setup → loop → save, each a function that reads top to bottom.
 
 Runs on one CPU, one GPU or many through ``accelerate launch``. Weights are loaded from the
 same checkpoint on every process and conv_in surgery is decided from the checkpoint, so all
 ranks start identical; only data order, noise and dropout are offset by rank. The data order
 is a pure function of (seed, epoch) and every random stream is checkpointed, so a resumed run
 continues with exactly the losses the uninterrupted run would have had.
+
+What differs between pixels, cached latents and streamed shards is decided once, in setup: the
+batch source (train/batches.py) and the encoder (train/encoders.py). The per-batch loop is the
+same for all three (issue 13, item 4).
 """
 
 from __future__ import annotations
@@ -30,22 +34,15 @@ from tqdm.auto import tqdm
 from instructsd.config import save_config, to_dict
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import load_components
-from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.models.saving import save_finetuned
+from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.train import checkpoint
+from instructsd.train.batches import Batches, TrainRows, read_train_rows, training_batches
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
-from instructsd.train.data import (
-    CachedPairDataset,
-    PairDataset,
-    batch_loader,
-    epoch_order,
-    load_split,
-    rank_batches,
-    task_row_weights,
-)
-from instructsd.train.objective import DropoutProbs, encode_pair, instruct_pix2pix_loss
-from instructsd.train.tracking import RunLog, resolve_report_to
+from instructsd.train.encoders import CachedEncoder, TextEmbeddings, VAEEncoder
+from instructsd.train.objective import DropoutProbs, instruct_pix2pix_loss
+from instructsd.train.tracking import RunLog, StepTimer, resolve_report_to
 
 OOM_HINT = ("out of memory at step {step}; try a smaller train_batch_size (keeping the effective batch with a larger "
             "gradient_accumulation_steps), gradient_checkpointing=true, lora_rank=8, cache_latents=true, "
@@ -68,31 +65,60 @@ class TrainResult:
     cpu_seconds_per_step: float = 0.0  # the same in this process's CPU time (robust on a shared machine)
 
 
-class TextEmbeddings:
-    """Frozen text-encoder outputs, computed once per distinct prompt and kept in memory.
+@dataclass
+class Parts:
+    """What setup built for the loop and the save; the objects change inside, the fields do not."""
 
-    The reference script re-encodes every prompt (and the empty prompt) at every step
-    although the encoder never changes; instruction datasets repeat a few prompts endlessly.
-    With ``cache_latents`` it starts filled from the on-disk cache.
-    """
+    out: Path
+    accelerator: Accelerator
+    components: object  # models.loading's parts: the frozen VAE, text encoder and tokenizer, for validation and saving
+    unet: torch.nn.Module  # prepared by accelerate (wrapped under data parallelism)
+    trainable: list[torch.nn.Parameter]
+    scheduler: object  # the training noise scheduler
+    prediction_type: str
+    expanded: bool  # conv_in was widened from a 4-channel start
+    lora: bool
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    ema: EMAModel | None
+    noise_gen: torch.Generator  # noise, timesteps, dropout and target-latent draws; rank-offset, checkpointed
+    probs: DropoutProbs
+    encoder: VAEEncoder | CachedEncoder
+    batches: Batches
+    validation: object | None  # train.validation's fixed subset, or None when validation_every=0
+    runlog: RunLog
+    resumed: Path | None
 
-    def __init__(self, tokenizer, text_encoder, device, cache: dict[str, torch.Tensor] | None = None):
-        self.tokenizer, self.text_encoder, self.device = tokenizer, text_encoder, device
-        # Kept on the CPU: a dataset with a distinct instruction per row would not fit on a GPU.
-        self.cache: dict[str, torch.Tensor] = dict(cache or {})
-        self.encoded = 0  # prompts run through the text encoder by this object
 
-    @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> torch.Tensor:
-        missing = sorted({p for p in prompts if p not in self.cache})
-        if missing:
-            ids = self.tokenizer(
-                missing, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-            ).input_ids.to(self.device)
-            for prompt, emb in zip(missing, self.text_encoder.to(self.device)(ids)[0]):
-                self.cache[prompt] = emb.cpu()
-            self.encoded += len(missing)
-        return torch.stack([self.cache[p] for p in prompts]).to(self.device)
+@dataclass
+class Run:
+    """Where the run stands; a checkpoint saves all of it (with the weights and random streams)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # batches of this epoch read by this process
+    log: list[dict] = field(default_factory=list)  # one entry per optimizer step
+    bad_rows: set = field(default_factory=set)  # samples that failed to decode
+    last_saved: Path | None = None
+    loss_sum: float = 0.0  # over the micro-batches of the optimizer step in progress
+    micro: int = 0
+
+    def count_bad(self, bad: list, rows: int, max_fraction: float) -> None:
+        self.bad_rows.update(bad)
+        if len(self.bad_rows) > max_fraction * rows:
+            raise InstructSDError(
+                f"{len(self.bad_rows)} of {rows} training images failed to decode (rows {sorted(self.bad_rows)[:5]}…), "
+                f"more than max_bad_fraction={max_fraction}; fix or drop them, or raise max_bad_fraction")
+
+    def add_loss(self, gathered: torch.Tensor) -> None:
+        self.loss_sum += gathered.mean().item()
+        self.micro += 1
+
+    def take_loss(self) -> float:
+        """The mean loss of the optimizer step just finished; starts the next step's sum."""
+        mean = self.loss_sum / self.micro
+        self.loss_sum, self.micro = 0.0, 0
+        return mean
 
 
 def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -> TrainResult:
@@ -103,26 +129,39 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     """
     cfg = _check(cfg)
     started = time.time()
+    parts, run = setup(cfg, progress)
+    timer = StepTimer()
+    try:
+        loop(cfg, parts, run, timer, stop_at, progress)
+    finally:
+        parts.runlog.close()
+
+    world = parts.accelerator.num_processes
+    result = TrainResult(final_dir=parts.out / "final", losses=[(e["step"], e["loss"]) for e in run.log],
+                         expanded_conv_in=parts.expanded, effective_batch_size=cfg.effective_batch_size * world,
+                         skipped_images=len(run.bad_rows), resumed_from=parts.resumed)
+    result.seconds_per_step, result.cpu_seconds_per_step = timer.per_step(run.step)
+    if world > 1:
+        _write_rank_record(parts.out, parts.accelerator, parts.unet, run.step * cfg.effective_batch_size)
+    if stop_at is None or run.step >= cfg.max_train_steps:
+        save(cfg, parts, result, started)
+    result.wall_seconds = time.time() - started
+    parts.accelerator.end_training()
+    return result
+
+
+# --- setup ------------------------------------------------------------------------------------------
+
+
+def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
+    """Build every part of the run, restore a checkpoint when resuming, and open the run's logs."""
     out = Path(cfg.output_dir)
     # Decided before anything is written: which checkpoint continues, or whether a fresh start may
     # replace an earlier run in this folder (only with overwrite=true).
     resumed = checkpoint.resolve(cfg.resume, out, cfg.overwrite)
     trackers = resolve_report_to(cfg.report_to)
-
-    # --- setup ------------------------------------------------------------------------------
-    # Launched as several processes on a machine without CUDA, accelerate needs `cpu=True` to pick
-    # its gloo (MULTI_CPU) backend; without it every process would silently train alone.
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-    # accelerate keeps the precision in a process-wide singleton; a second run in the same process
-    # (tests, the quickstart, experiments) may train in another one. The process group is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
-                              cpu=cpu_ddp, log_with=trackers or None,
-                              project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if cfg.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    accelerator = _accelerator(cfg, out, trackers)
+    rank = accelerator.process_index
     if accelerator.is_main_process:
         if resumed is None:
             checkpoint.clear_previous_run(out)  # resolve() allowed it: empty, or overwrite=true
@@ -130,35 +169,18 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         save_config(cfg, out / "config.yaml")
     accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
+    data = read_train_rows(cfg)
 
-    columns = [cfg.input_column, cfg.edited_column, cfg.prompt_column]
-    if cfg.streaming:  # parquet shards read as needed; no row count per task, no cache (config checks)
-        from instructsd.train.streaming import open_stream
-
-        stream, stream_rows = open_stream(cfg, "train")
-        row_weights = None
-    else:
-        rows = load_split(cfg.dataset, "train", columns)
-        if cfg.max_train_samples:
-            rows = rows.select(range(min(cfg.max_train_samples, len(rows))))
-        if len(rows) == 0:
-            raise InstructSDError(f"dataset '{cfg.dataset}' has an empty train split")
-        has_tasks = cfg.task_column in rows.column_names
-        if cfg.task_weights and not has_tasks:
-            raise InstructSDError(f"task_weights needs a '{cfg.task_column}' column in '{cfg.dataset}' (set task_column)")
-        tasks = list(rows[cfg.task_column]) if has_tasks else [None] * len(rows)
-        row_weights = task_row_weights(tasks, cfg.task_weights) if cfg.task_weights else None
-
-    parts = load_components(cfg.base_model)
-    unet, expanded = ensure_instruct_unet(parts.unet)
-    scheduler = parts.scheduler
+    # The model: conv_in surgery, then LoRA; the frozen parts run in the autocast dtype while the
+    # trained UNet keeps fp32 master weights.
+    components = load_components(cfg.base_model)
+    unet, expanded = ensure_instruct_unet(components.unet)
+    scheduler = components.scheduler
     if cfg.prediction_type:
         scheduler.register_to_config(prediction_type=cfg.prediction_type)
-    prediction_type = scheduler.config.prediction_type
-
-    # Frozen parts run in the autocast dtype; the trained UNet keeps fp32 master weights.
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    vae, text_encoder = parts.vae.requires_grad_(False).eval(), parts.text_encoder.requires_grad_(False).eval()
+    components.vae.requires_grad_(False).eval()
+    components.text_encoder.requires_grad_(False).eval()
     lora = cfg.lora_rank > 0
     if lora:
         from instructsd.models.lora import add_lora, trains_conv_in
@@ -171,34 +193,11 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         unet.enable_gradient_checkpointing()
     ema = EMAModel(trainable, decay=cfg.ema_decay) if cfg.use_ema else None
 
-    if cfg.cache_latents:
-        from instructsd.train.cache import build_or_load
-
-        cache = build_or_load(cfg, rows, parts, accelerator.device, accelerator.is_main_process, accelerator.wait_for_everyone,
-                              progress=progress)
-        dataset = CachedPairDataset(cache.latents, rows[cfg.prompt_column], tasks, flip=cfg.random_flip, seed=cfg.seed)
-        text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device, cache.text)
-    else:
-        vae.to(accelerator.device, dtype=weight_dtype)
-        text_encoder.to(accelerator.device, dtype=weight_dtype)
-        if cfg.streaming:
-            from instructsd.train.streaming import StreamingPairs
-
-            dataset = StreamingPairs(stream, stream_rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed,
-                                     shuffle_buffer=cfg.shuffle_buffer, input_column=cfg.input_column,
-                                     edited_column=cfg.edited_column, prompt_column=cfg.prompt_column,
-                                     task_column=cfg.task_column, center_crop=cfg.center_crop,
-                                     batch_size=cfg.train_batch_size, rank=rank, world=world,
-                                     num_workers=cfg.dataloader_num_workers, max_samples=cfg.max_train_samples)
-        else:
-            dataset = PairDataset(rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed, input_column=cfg.input_column,
-                                  edited_column=cfg.edited_column, prompt_column=cfg.prompt_column,
-                                  task_column=cfg.task_column, center_crop=cfg.center_crop)
-        text = TextEmbeddings(parts.tokenizer, text_encoder, accelerator.device)
-    null_text = text([""])  # the empty prompt, encoded once (the reference re-encodes it every step)
+    encoder, batches = _encoder_and_batches(cfg, data, components, accelerator, weight_dtype, progress)
 
     optimizer = _optimizer(cfg, trainable)
     # accelerate steps the scheduler once per process per optimizer step, hence the factor.
+    world = accelerator.num_processes
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * world,
                                  num_training_steps=cfg.max_train_steps * world)
     if cfg.compile:
@@ -207,159 +206,191 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
     if ema is not None:
         ema.to("cpu" if cfg.ema_on_cpu else accelerator.device)
     noise_gen = torch.Generator(accelerator.device).manual_seed(cfg.seed + 1_000_003 * rank)
-    probs = DropoutProbs(cfg.drop_text_prob, cfg.drop_image_prob, cfg.drop_both_prob)
+    probs = DropoutProbs(text=cfg.drop_text_prob, image=cfg.drop_image_prob, both=cfg.drop_both_prob)
 
-    # --- resume -----------------------------------------------------------------------------
-    log: list[dict] = []
-    step, epoch, position, bad_rows = 0, 0, 0, set()
+    run = Run(last_saved=resumed)
     if resumed is not None:
         state = checkpoint.load(resumed, accelerator=accelerator, unet=unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
                                 ema=ema, noise_gen=noise_gen, lora=lora)
         checkpoint.check_data_position(state, cfg, resumed)
-        step, epoch, position, log, bad_rows = state["step"], state["epoch"], state["position"], state["log"], set(state["bad_rows"])
+        run = Run(step=state["step"], epoch=state["epoch"], position=state["position"], log=state["log"],
+                  bad_rows=set(state["bad_rows"]), last_saved=resumed)
 
-    validation = None
-    if cfg.validation_every:
-        from instructsd.train.validation import fixed_subset
+    validation = _validation_set(cfg, components, accelerator, weight_dtype)
+    runlog = RunLog(accelerator, out, trackers, to_dict(cfg), run.log, run.step)
+    return Parts(out=out, accelerator=accelerator, components=components, unet=unet, trainable=trainable,
+                 scheduler=scheduler, prediction_type=scheduler.config.prediction_type, expanded=expanded, lora=lora,
+                 optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema, noise_gen=noise_gen, probs=probs,
+                 encoder=encoder, batches=batches, validation=validation, runlog=runlog, resumed=resumed), run
 
-        vae.to(accelerator.device, dtype=weight_dtype)
-        text_encoder.to(accelerator.device, dtype=weight_dtype)
-        if cfg.streaming:
-            from instructsd.train.streaming import validation_rows
 
-            val_rows = validation_rows(cfg)
-        else:
-            val_rows = load_split(cfg.dataset, "validation", columns)
-        validation = fixed_subset(val_rows, cfg)
-    runlog = RunLog(accelerator, out, trackers, to_dict(cfg), log, step)
+def _accelerator(cfg: TrainConfig, out: Path, trackers: list[str]) -> Accelerator:
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    # Launched as several processes on a machine without CUDA, accelerate needs `cpu=True` to pick
+    # its gloo (MULTI_CPU) backend; without it every process would silently train alone.
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # accelerate keeps the precision in a process-wide singleton; a second run in the same process
+    # (tests, the quickstart, experiments) may train in another one. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=cfg.mixed_precision,
+                       cpu=cpu_ddp, log_with=trackers or None,
+                       project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
 
-    # --- train ------------------------------------------------------------------------------
-    running, micro = 0.0, 0
-    steady_from, steady_cpu, steady_step = None, 0.0, 0
-    bar = tqdm(total=cfg.max_train_steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process),
-               dynamic_ncols=True)
-    last_saved = resumed
+
+def _encoder_and_batches(cfg: TrainConfig, data: TrainRows, components, accelerator, weight_dtype: torch.dtype,
+                         progress: bool) -> tuple[VAEEncoder | CachedEncoder, Batches]:
+    """The one place that knows the data mode: latents from the cache, or pixels (map-style or streamed) and the VAE."""
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    agree = _all_ranks(accelerator) if world > 1 else None
+    if cfg.cache_latents:
+        from instructsd.train.cache import build_or_load
+
+        cache = build_or_load(cfg, data.rows, components, device, accelerator.is_main_process, accelerator.wait_for_everyone,
+                              progress=progress)
+        text = TextEmbeddings(components.tokenizer, components.text_encoder, device, cache.text)
+        encoder = CachedEncoder(components.vae.config.scaling_factor, text, device, weight_dtype)
+        return encoder, training_batches(cfg, data, cache, rank=rank, world=world, agree=agree)
+    components.vae.to(device, dtype=weight_dtype)
+    components.text_encoder.to(device, dtype=weight_dtype)
+    text = TextEmbeddings(components.tokenizer, components.text_encoder, device)
+    return VAEEncoder(components.vae, text, device, weight_dtype), training_batches(cfg, data, rank=rank, world=world,
+                                                                                     agree=agree)
+
+
+def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: torch.dtype):
+    """The fixed validation subset (None when validation_every=0); its edits need the frozen parts on the device."""
+    if not cfg.validation_every:
+        return None
+    from instructsd.train.validation import fixed_subset
+
+    components.vae.to(accelerator.device, dtype=weight_dtype)
+    components.text_encoder.to(accelerator.device, dtype=weight_dtype)
+    if cfg.streaming:
+        from instructsd.train.streaming import validation_rows
+
+        rows = validation_rows(cfg)
+    else:
+        from instructsd.data.load import load_split
+
+        rows = load_split(cfg.dataset, "validation", [cfg.input_column, cfg.edited_column, cfg.prompt_column])
+    return fixed_subset(rows, cfg)
+
+
+# --- loop ---------------------------------------------------------------------------------------------
+
+
+def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | None = None, progress: bool = True) -> None:
+    """Optimizer steps until max_train_steps (or ``stop_at``, with a checkpoint there), the same for every data mode."""
+    accelerator, unet = p.accelerator, p.unet
+    last = cfg.max_train_steps if stop_at is None else min(stop_at, cfg.max_train_steps)
+    bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="train",
+               disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     try:
-        while step < cfg.max_train_steps and (stop_at is None or step < stop_at):
-            if cfg.streaming:  # the epoch's stream, its first `position` batches read but not decoded
-                loader = dataset.batches(epoch, position, _all_ranks(accelerator) if world > 1 else None)
-            else:
-                dataset.set_epoch(epoch)
-                batches = rank_batches(epoch_order(len(dataset), cfg.seed, epoch, row_weights), cfg.train_batch_size, rank, world)
-                loader = batch_loader(dataset, batches[position:], cfg.dataloader_num_workers)
-            for batch in loader:
-                position += 1
-                bad_rows.update(batch["bad"])
-                if len(bad_rows) > cfg.max_bad_fraction * len(dataset):
-                    raise InstructSDError(
-                        f"{len(bad_rows)} of {len(dataset)} training images failed to decode (rows {sorted(bad_rows)[:5]}…), "
-                        f"more than max_bad_fraction={cfg.max_bad_fraction}; fix or drop them, or raise max_bad_fraction")
+        while run.step < last:
+            for batch in p.batches.epoch(run.epoch, run.position):
+                run.position += 1
+                run.count_bad(batch["bad"], len(p.batches), cfg.max_bad_fraction)
                 if not batch["indices"]:
                     continue
+                # lr: the scheduler set this step's rate when it stepped at the end of the previous one.
                 with accelerator.accumulate(unet):
-                    if cfg.cache_latents:
-                        from instructsd.train.cache import sample_latents
-
-                        image_latents = batch["input_latents"].to(accelerator.device, weight_dtype)
-                        latents = sample_latents(batch["target_moments"].to(accelerator.device), noise_gen)
-                        latents = (latents * vae.config.scaling_factor).to(weight_dtype)
-                    else:
-                        image_latents, latents = encode_pair(vae, batch["input_pixels"].to(accelerator.device),
-                                                             batch["edited_pixels"].to(accelerator.device), noise_gen)
-                    embeddings = text(batch["prompts"]).to(weight_dtype)
-                    loss = instruct_pix2pix_loss(unet, scheduler, latents, image_latents, embeddings, null_text, probs, noise_gen,
-                                                 prediction_type, snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset)
+                    image_latents, latents = p.encoder.latents(batch, p.noise_gen)
+                    loss = instruct_pix2pix_loss(unet, p.scheduler, latents, image_latents, p.encoder.text(batch["prompts"]),
+                                                 p.encoder.null_text, p.probs, p.noise_gen, p.prediction_type,
+                                                 snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset)
                     gathered = accelerator.gather(loss.detach()[None])
-                    if not torch.isfinite(gathered).all():
-                        where = f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was saved yet"
-                        raise InstructSDError(
-                            f"loss became {gathered.tolist()} at step {step + 1} (rank {rank} samples {batch['indices']}); "
-                            f"{where}. Lower learning_rate, set max_grad_norm, or use mixed_precision=bf16 instead of fp16")
+                    _refuse_non_finite(gathered, run, accelerator.process_index, batch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:  # max_norm=inf measures the norm and scales by exactly 1
-                        grad_norm = accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm or math.inf)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                running += gathered.mean().item()
-                micro += 1
+                        grad_norm = accelerator.clip_grad_norm_(p.trainable, cfg.max_grad_norm or math.inf)
+                    p.optimizer.step()  # a no-op until the last micro-batch of the step (accelerate)
+                    p.lr_scheduler.step()
+                    p.optimizer.zero_grad(set_to_none=True)
+                run.add_loss(gathered)
                 if not accelerator.sync_gradients:
                     continue
-                step += 1
-                if steady_from is None:
-                    steady_from, steady_cpu, steady_step = time.perf_counter(), time.process_time(), step
-                if ema is not None:
-                    _ema_step(ema, trainable, cfg.ema_on_cpu)
-                entry = {"step": step, "loss": running / micro, "lr": lr_scheduler.get_last_lr()[0],
-                         "grad_norm": float(grad_norm)}
-                running, micro = 0.0, 0
-                log.append(entry)
-                shown = step % cfg.log_every == 0 or step == cfg.max_train_steps
-                runlog.step(entry, flush=shown)
-                if shown:
-                    window = [e["loss"] for e in log[-cfg.log_every:]]
-                    bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{entry['lr']:.2e}")
-                bar.update(1)
-                if validation and step % cfg.validation_every == 0:
-                    _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator,
-                              progress)
-                stopping = stop_at is not None and step >= stop_at
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stopping:
-                    state = {**checkpoint.data_position(cfg, epoch, position), "log": log, "bad_rows": sorted(bad_rows)}
-                    last_saved = checkpoint.save(out, step, accelerator=accelerator, unet=unet, optimizer=optimizer,
-                                                 lr_scheduler=lr_scheduler, ema=ema, noise_gen=noise_gen, state=state,
-                                                 lora=lora, keep_last=cfg.keep_last)
-                if step >= cfg.max_train_steps or stopping:
+                run.step += 1
+                timer.step_done(run.step)
+                if p.ema is not None:
+                    _ema_step(p.ema, p.trainable, cfg.ema_on_cpu)
+                _log_step(cfg, p, run, bar, grad_norm)
+                if p.validation and run.step % cfg.validation_every == 0:
+                    _validate(cfg, p, run.step, progress)
+                stopping = stop_at is not None and run.step >= stop_at
+                if (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0) or stopping:
+                    run.last_saved = _save_checkpoint(cfg, p, run)
+                if run.step >= last:
                     break
             else:  # the epoch ran out: the next starts at its beginning
-                epoch, position = epoch + 1, 0
+                run.epoch, run.position = run.epoch + 1, 0
     except torch.OutOfMemoryError as err:
-        raise InstructSDError(OOM_HINT.format(step=step + 1)) from err
+        raise InstructSDError(OOM_HINT.format(step=run.step + 1)) from err
     except RuntimeError as err:  # MPS and some CPU allocators report OOM as a plain RuntimeError
         if "out of memory" in str(err).lower():
-            raise InstructSDError(OOM_HINT.format(step=step + 1)) from err
+            raise InstructSDError(OOM_HINT.format(step=run.step + 1)) from err
         raise
     finally:
         bar.close()
-        runlog.close()
 
-    losses = [(e["step"], e["loss"]) for e in log]
-    result = TrainResult(final_dir=out / "final", losses=losses, expanded_conv_in=expanded,
-                         effective_batch_size=cfg.effective_batch_size * world, skipped_images=len(bad_rows),
-                         resumed_from=resumed)
-    if steady_from is not None and step > steady_step:
-        result.seconds_per_step = (time.perf_counter() - steady_from) / (step - steady_step)
-        result.cpu_seconds_per_step = (time.process_time() - steady_cpu) / (step - steady_step)
-    if world > 1:
-        _write_rank_record(out, accelerator, unet, step * cfg.effective_batch_size)
-    if stop_at is not None and step < cfg.max_train_steps:
-        result.wall_seconds = time.time() - started
-        accelerator.end_training()
-        return result
 
-    # --- save -------------------------------------------------------------------------------
+def _refuse_non_finite(gathered: torch.Tensor, run: Run, rank: int, batch: dict) -> None:
+    """Stop at the first NaN/inf loss on any rank, naming the step, the samples and the last good checkpoint."""
+    if torch.isfinite(gathered).all():
+        return
+    where = f"the last good checkpoint is {run.last_saved}" if run.last_saved else "no checkpoint was saved yet"
+    raise InstructSDError(
+        f"loss became {gathered.tolist()} at step {run.step + 1} (rank {rank} samples {batch['indices']}); "
+        f"{where}. Lower learning_rate, set max_grad_norm, or use mixed_precision=bf16 instead of fp16")
+
+
+def _log_step(cfg: TrainConfig, p: Parts, run: Run, bar, grad_norm) -> None:
+    """One optimizer step's loss, learning rate and gradient norm to the log, the trackers and the bar."""
+    entry = {"step": run.step, "loss": run.take_loss(), "lr": p.lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+    run.log.append(entry)
+    shown = run.step % cfg.log_every == 0 or run.step == cfg.max_train_steps
+    p.runlog.step(entry, flush=shown)
+    if shown:
+        window = [e["loss"] for e in run.log[-cfg.log_every:]]
+        bar.set_postfix(loss=f"{sum(window) / len(window):.4f}", lr=f"{entry['lr']:.2e}")
+    bar.update(1)
+
+
+def _save_checkpoint(cfg: TrainConfig, p: Parts, run: Run) -> Path:
+    state = {**checkpoint.data_position(cfg, run.epoch, run.position), "log": run.log, "bad_rows": sorted(run.bad_rows)}
+    return checkpoint.save(p.out, run.step, accelerator=p.accelerator, unet=p.unet, optimizer=p.optimizer,
+                           lr_scheduler=p.lr_scheduler, ema=p.ema, noise_gen=p.noise_gen, state=state, lora=p.lora,
+                           keep_last=cfg.keep_last)
+
+
+# --- save ---------------------------------------------------------------------------------------------
+
+
+def save(cfg: TrainConfig, p: Parts, result: TrainResult, started: float) -> None:
+    """The final pipeline (EMA weights when kept; LoRA merged, the adapter saved beside it) and its model card."""
+    accelerator = p.accelerator
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        trained = copy.deepcopy(accelerator.unwrap_model(unet)).to("cpu", torch.float32)
-        if ema is not None:
-            ema.copy_to([p for p in trained.parameters() if p.requires_grad])
-        if lora:
+        trained = copy.deepcopy(accelerator.unwrap_model(p.unet)).to("cpu", torch.float32)
+        if p.ema is not None:
+            p.ema.copy_to([t for t in trained.parameters() if t.requires_grad])
+        if p.lora:
             from instructsd.models.lora import merge_adapter, save_adapter
 
-            result.lora_dir = save_adapter(trained, out / "lora", rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+            result.lora_dir = save_adapter(trained, p.out / "lora", rank=cfg.lora_rank, alpha=cfg.lora_alpha,
                                            targets=list(cfg.lora_target_modules), base_model=cfg.base_model,
-                                           expanded_conv_in=expanded, dataset=cfg.dataset,
+                                           expanded_conv_in=p.expanded, dataset=cfg.dataset,
                                            prediction_type=cfg.prediction_type,
                                            drop_safety_checker=cfg.drop_safety_checker)
             trained = merge_adapter(trained)
         # final/ is the base with new weights: its sampler, safety checker and feature extractor (issue 11).
+        parts = p.components
         save_finetuned(result.final_dir, cfg.base_model, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder),
                        parts.tokenizer, drop_safety_checker=cfg.drop_safety_checker, prediction_type=cfg.prediction_type)
-        write_model_card(result.final_dir, cfg, expanded, losses, time.time() - started, out / "validation.jsonl")
+        write_model_card(result.final_dir, cfg, p.expanded, result.losses, time.time() - started,
+                         p.out / "validation.jsonl")
     accelerator.wait_for_everyone()
-    accelerator.end_training()
-    result.wall_seconds = time.time() - started
-    return result
 
 
 # --- the parts the loop calls ------------------------------------------------------------------
@@ -425,7 +456,7 @@ def _ema_step(ema: EMAModel, trainable: list[torch.nn.Parameter], on_cpu: bool) 
     ema.step([p.detach().to("cpu").requires_grad_(True) for p in trainable])
 
 
-def _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, out, cfg, accelerator, progress=True) -> None:
+def _validate(cfg: TrainConfig, p: Parts, step: int, progress: bool = True) -> None:
     """Validate on the main process with the EMA weights swapped in when kept.
 
     Under mixed precision the frozen VAE and text encoder hold bf16/fp16 weights while the UNet
@@ -433,16 +464,18 @@ def _validate(step, unet, ema, trainable, parts, scheduler, validation, runlog, 
     """
     from instructsd.train.validation import validate
 
+    accelerator, ema = p.accelerator, p.ema
     if accelerator.is_main_process:
         if ema is not None:
-            ema.store(trainable)
-            ema.copy_to(trainable)
+            ema.store(p.trainable)
+            ema.copy_to(p.trainable)
         try:
             with accelerator.autocast():
-                validate(step, accelerator.unwrap_model(unet), parts, scheduler, validation, out, runlog, cfg, progress)
+                validate(step, accelerator.unwrap_model(p.unet), p.components, p.scheduler, p.validation, p.out, p.runlog,
+                         cfg, progress)
         finally:
             if ema is not None:
-                ema.restore(trainable)
+                ema.restore(p.trainable)
     accelerator.wait_for_everyone()
 
 
