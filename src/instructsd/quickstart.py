@@ -82,9 +82,9 @@ def run_quickstart(
         overrides = [f"base_model={start}", f"dataset={data}", f"output_dir={folder}", f"resolution={recipe['size']}",
                      f"max_train_steps={steps}", f"validation_every={every}", "num_validation_images=8",
                      "cache_latents=true", "report_to=none", f"seed={recipe['seed']}",
-                     f"validation_scheduler={settings.scheduler}", f"validation_steps={settings.num_inference_steps}",
-                     f"validation_image_guidance={settings.image_guidance_scale}",
-                     f"validation_guidance={settings.guidance_scale}"]
+                     f"validation.scheduler={settings.scheduler}", f"validation.num_inference_steps={settings.num_inference_steps}",
+                     f"validation.image_guidance_scale={settings.image_guidance_scale}",
+                     f"validation.guidance_scale={settings.guidance_scale}"]
         cfg = load_config(TrainConfig, "quickstart", overrides)
         result = train(cfg, progress=progress)
         runs[label], losses[label] = result.final_dir, result.losses

@@ -242,8 +242,8 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
         "checkpoint_every=250", "keep_last=1", "resume=auto", "overwrite=true",  # continue a killed run; else replace its debris
         # A validation curve on held-out photos (per task) while it trains.
         f"validation_every={every}", "num_validation_images=4", "report_to=none",
-        f"validation_scheduler={first['scheduler']}", f"validation_steps={first['num_inference_steps']}",
-        f"validation_image_guidance={first['image_guidance_scale']}", f"validation_guidance={first['guidance_scale']}"])
+        f"validation.scheduler={first['scheduler']}", f"validation.num_inference_steps={first['num_inference_steps']}",
+        f"validation.image_guidance_scale={first['image_guidance_scale']}", f"validation.guidance_scale={first['guidance_scale']}"])
     result = train(tcfg, progress=progress)
     # Training time adds up over interrupted and resumed invocations.
     timing_file = work / "train_seconds.json"

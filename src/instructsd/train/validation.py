@@ -18,7 +18,7 @@ import numpy as np
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from instructsd.edit.editor import EditSettings, edit_images, pipeline_from_parts
+from instructsd.edit.editor import edit_images, pipeline_from_parts
 from instructsd.eval.metrics import psnr, ssim
 from instructsd.eval.report import save_grid
 
@@ -51,8 +51,7 @@ def validate(step: int, unet, parts, scheduler, data: ValidationSet, out: Path, 
     was_training = unet.training
     unet.eval()
     pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
-    settings = EditSettings(num_inference_steps=cfg.validation_steps, image_guidance_scale=cfg.validation_image_guidance,
-                            guidance_scale=cfg.validation_guidance, scheduler=cfg.validation_scheduler)
+    settings = cfg.validation.edit_settings()
     with tqdm(total=len(data.inputs), desc=f"validate (step {step})", leave=False, disable=not progress) as bar:
         edits = edit_images(pipe, data.inputs, data.prompts, settings, seeds=list(range(len(data.inputs))),
                             progress=bar.update)
