@@ -282,7 +282,8 @@ def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: tor
 
 
 def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | None = None, progress: bool = True) -> None:
-    """Optimizer steps until max_train_steps (or ``stop_at``, with a checkpoint there), the same for every data mode."""
+    """Optimizer steps until max_train_steps (or ``stop_at``, with a checkpoint there), the same for every data mode:
+    lr → forward/backward under accumulation → clip → step → EMA → log → validate/checkpoint."""
     accelerator, unet = p.accelerator, p.unet
     last = cfg.max_train_steps if stop_at is None else min(stop_at, cfg.max_train_steps)
     bar = tqdm(total=cfg.max_train_steps, initial=run.step, desc="train",
@@ -294,7 +295,7 @@ def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | 
                 run.count_bad(batch["bad"], len(p.batches), cfg.max_bad_fraction)
                 if not batch["indices"]:
                     continue
-                # lr: the scheduler set this step's rate when it stepped at the end of the previous one.
+                # lr: this step's rate was set when lr_scheduler stepped at the end of the previous step.
                 with accelerator.accumulate(unet):
                     image_latents, latents = p.encoder.latents(batch, p.noise_gen)
                     loss = instruct_pix2pix_loss(unet, p.scheduler, latents, image_latents, p.encoder.text(batch["prompts"]),
