@@ -86,7 +86,7 @@ def stage_train(work: Path, size: int, kind: str) -> dict:
 
     from instructsd.config import load_config
     from instructsd.train.config import TrainConfig
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
 
     preset = {"lora": "sd15-256-lora", "full": "sd15-256"}[kind]
     overrides = [f"base_model={work / 'instruct-pix2pix'}", f"dataset={work / 'data'}", f"output_dir={work / kind}",
@@ -94,7 +94,7 @@ def stage_train(work: Path, size: int, kind: str) -> dict:
                  "checkpoint_every=2", "log_every=1", "report_to=none", "overwrite=true", "resume=",
                  "mixed_precision=bf16"]  # the post's fp16 needs CUDA; bf16 autocast runs on the CPU
     if kind == "lora":
-        overrides += ["validation_every=2", "num_validation_images=1", "validation_steps=2", f"cache_dir={work / 'cache'}"]
+        overrides += ["validation_every=2", "num_validation_images=1", "validation.num_inference_steps=2", f"cache_dir={work / 'cache'}"]
     cfg = load_config(TrainConfig, preset, overrides)
     started = time.time()
     result = train(cfg, progress=True)

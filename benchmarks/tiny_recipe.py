@@ -24,7 +24,7 @@ import torch
 from instructsd.edit.editor import EditSettings, load_pipeline
 from instructsd.data.load import load_split
 from instructsd.recipes.pretrain_tiny import PretrainConfig, build_data, build_init_model, score, train_config
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 
 # The explored starting point (stock init, plain autoencoder, six tasks, lr 1e-3), pinned so the
 # table in benchmarks/RESULTS.md reproduces whatever the shipped recipe's defaults become.

@@ -1,6 +1,6 @@
 """Training throughput: our loop with the latent cache vs. without it vs. the UNet alone.
 
-    python benchmarks/train_throughput.py                 # tiny model on CPU, through instructsd.train.recipe.train
+    python benchmarks/train_throughput.py                 # tiny model on CPU, through instructsd.train.loop.train
     python benchmarks/train_throughput.py --sd15          # SD-1.5-size random weights on CUDA, bf16, 256 px, batch 8
 
 Variants (each in a fresh subprocess, so peak RSS is its own):
@@ -85,7 +85,7 @@ def run_cpu_variant(variant: str, work: Path, steps: int, batch: int, size: int)
             step()
         wall, per_step = (time.perf_counter() - tick) / steps, (time.process_time() - cpu) / steps
     else:
-        from instructsd.train.recipe import train
+        from instructsd.train.loop import train
 
         def timed(n: int, tag: str) -> float:
             """Steady-state seconds per step of a real run (its first step, setup and saving excluded)."""

@@ -182,3 +182,64 @@ def test_every_shipped_experiment_and_the_pretrain_recipe_take_typed_overrides()
                                              "identity_init=off", "vae_anchor=0.5"])
     assert cfg.tasks == ("denoise", "lowlight") and cfg.unet_channels == (8, 16) and cfg.unet_norm_groups is None
     assert cfg.identity_init is False and cfg.vae_anchor == 0.5
+
+
+# --- a nested config: TrainConfig's validation settings (issue 13) ---------------------------------
+
+
+def test_nested_settings_layer_key_by_key_from_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("validation:\n  scheduler: ddim\n  num_inference_steps: 9\n")
+    cfg = load_config(TrainConfig, path, ["validation.num_inference_steps=3", "validation.guidance_scale=2"])
+    # The file's scheduler survives an override of another nested key; the untouched key keeps its default.
+    assert (cfg.validation.scheduler, cfg.validation.num_inference_steps, cfg.validation.guidance_scale) == ("ddim", 3, 2.0)
+    assert cfg.validation.image_guidance_scale == TrainConfig().validation.image_guidance_scale
+    whole = load_config(TrainConfig, None, ["validation={scheduler: unipc}"])
+    assert whole.validation.scheduler == "unipc" and isinstance(whole.validation.guidance_scale, float)
+    assert cfg.validation.edit_settings().scheduler == "ddim"  # the edit function's own settings type
+
+
+def test_nested_settings_save_with_a_doc_per_key_and_round_trip(tmp_path):
+    cfg = load_config(TrainConfig, "quickstart", ["validation.image_guidance_scale=0.8"])
+    text = save_config(cfg, tmp_path / "config.yaml").read_text()
+    assert "\nvalidation:\n  # Sampling steps of each validation edit.\n  num_inference_steps: 20\n" in text
+    assert "  image_guidance_scale: 0.8\n" in text
+    assert load_config(TrainConfig, tmp_path / "config.yaml") == cfg
+
+
+def test_config_show_documents_each_nested_key(capsys):
+    from instructsd.cli import run
+
+    assert run(["config", "show", "tiny-cpu", "validation.scheduler=euler"]) == 0
+    out = capsys.readouterr().out
+    assert "  # Sampler: auto (Euler ancestral, or Euler for prediction_type sample) or one of" in out
+    assert "  scheduler: euler\n" in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("validation_steps=3", r"config key 'validation_steps' is now 'validation.num_inference_steps'"),
+    ("validation_scheduler=ddim", r"config key 'validation_scheduler' is now 'validation.scheduler'"),
+    ("validation.steps=3", r"unknown config key 'validation.steps' .*validation.num_inference_steps"),
+    ("validation.scheduler=dpm", r"config key 'validation.scheduler': 'dpm' is not one of auto, euler_ancestral"),
+    ("validation.num_inference_steps=x", r"config key 'validation.num_inference_steps': expected int"),
+    ("validation=3", r"config key 'validation': expected a mapping of num_inference_steps"),
+])
+def test_bad_nested_keys_and_moved_keys_are_named(override, message):
+    with pytest.raises(InstructSDError, match=message):
+        load_config(TrainConfig, "tiny-cpu", [override])
+
+
+def test_a_moved_key_in_a_file_is_named_with_the_file(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("validation_guidance: 5\n")
+    with pytest.raises(InstructSDError, match=r"'validation_guidance' is now 'validation.guidance_scale'.*old.yaml"):
+        load_config(TrainConfig, path)
+
+
+def test_the_validation_scheduler_choices_are_the_edit_functions_samplers():
+    import typing
+
+    from instructsd.edit.editor import SCHEDULERS
+    from instructsd.train.config import ValidationSettings
+
+    assert typing.get_args(typing.get_type_hints(ValidationSettings)["scheduler"]) == ("auto", *SCHEDULERS)

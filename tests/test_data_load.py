@@ -92,12 +92,12 @@ def test_columns_are_trainconfigs_keys() -> None:
 @pytest.mark.parametrize("progress", [True, False])
 def test_cache_encoding_and_validation_show_progress_bars_unless_disabled(tmp_path, tiny_model, capfd, progress) -> None:
     from instructsd.config import load_config
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
 
     data = _post_dataset(tmp_path / "cartoon", rows_per_split=2)
     cfg = load_config(TrainConfig, "tiny-cpu", [
         f"base_model={tiny_model}", f"dataset={data}", f"output_dir={tmp_path / 'run'}", "resolution=16",
-        "train_batch_size=2", "max_train_steps=1", "cache_latents=true", "validation_every=1", "validation_steps=1",
+        "train_batch_size=2", "max_train_steps=1", "cache_latents=true", "validation_every=1", "validation.num_inference_steps=1",
         "num_validation_images=1", "report_to=none", *(f"{k}={v}" for k, v in POST.items())])
     train(cfg, progress=progress)
     err = capfd.readouterr().err

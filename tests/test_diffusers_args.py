@@ -208,7 +208,7 @@ def test_dropout_mapping_reproduces_the_scripts_rule(p):
     # instructsd's own sampler with the mapped probabilities gives the script's frequencies.
     text, image, both = dropout_probs(p)
     n = 200_000
-    drop_text, drop_image = conditioning_dropout(n, DropoutProbs(text, image, both), torch.Generator().manual_seed(0))
+    drop_text, drop_image = conditioning_dropout(n, DropoutProbs(text=text, image=image, both=both), torch.Generator().manual_seed(0))
     ours = ((drop_text & ~drop_image).float().mean().item(), (drop_image & ~drop_text).float().mean().item(),
             (drop_text & drop_image).float().mean().item())
     script = _script_rule(torch.rand(n, generator=torch.Generator().manual_seed(1)).numpy(), p)

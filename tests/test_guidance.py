@@ -148,17 +148,17 @@ def test_cli_edit_applies_low_scales_and_refuses_bad_ones(tiny_model, tmp_path, 
 
 
 def test_training_validation_settings_fail_at_start(tmp_path, capsys):
-    with pytest.raises(InstructSDError, match=r"invalid config: image guidance \(validation_image_guidance\) must be"):
-        load_config(TrainConfig, "tiny-cpu", ["validation_image_guidance=-0.5"])
-    with pytest.raises(InstructSDError, match="config key 'validation_guidance': expected a finite number"):
-        load_config(TrainConfig, "tiny-cpu", ["validation_guidance=nan"])
-    with pytest.raises(InstructSDError, match="validation_steps must be >= 1"):
-        load_config(TrainConfig, "tiny-cpu", ["validation_steps=0"])
-    cfg = load_config(TrainConfig, "tiny-cpu", ["validation_image_guidance=0.9", "validation_guidance=3"])
-    assert (cfg.validation_image_guidance, cfg.validation_guidance) == (0.9, 3.0)
+    with pytest.raises(InstructSDError, match=r"invalid config: image guidance \(validation.image_guidance_scale\) must be"):
+        load_config(TrainConfig, "tiny-cpu", ["validation.image_guidance_scale=-0.5"])
+    with pytest.raises(InstructSDError, match="config key 'validation.guidance_scale': expected a finite number"):
+        load_config(TrainConfig, "tiny-cpu", ["validation.guidance_scale=nan"])
+    with pytest.raises(InstructSDError, match="validation.num_inference_steps must be >= 1"):
+        load_config(TrainConfig, "tiny-cpu", ["validation.num_inference_steps=0"])
+    cfg = load_config(TrainConfig, "tiny-cpu", ["validation.image_guidance_scale=0.9", "validation.guidance_scale=3"])
+    assert (cfg.validation.image_guidance_scale, cfg.validation.guidance_scale) == (0.9, 3.0)
     # Through the CLI: one line, before any model or dataset is opened.
-    assert run(["train", "tiny-cpu", f"dataset={tmp_path / 'none'}", "validation_guidance=-1"]) == 1
-    assert "text guidance (validation_guidance)" in one_error_line(capsys)
+    assert run(["train", "tiny-cpu", f"dataset={tmp_path / 'none'}", "validation.guidance_scale=-1"]) == 1
+    assert "text guidance (validation.guidance_scale)" in one_error_line(capsys)
 
 
 def test_eval_and_compare_check_guidance_before_loading_anything(tmp_path, capsys):

@@ -26,7 +26,7 @@ from instructsd.config import load_config
 from instructsd.data.build import build_dataset
 from instructsd.models.hub_layout import SCHEDULER_CONFIGS, unet_config
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 
 LOAD_COMPLAINTS = ("missing", "not found", "disabled the safety checker", "were not initialized", "unexpected")
 

@@ -34,7 +34,7 @@ def test_each_dropout_case_occurs_at_its_configured_rate():
 
 
 def test_dropout_is_reproducible_and_per_sample():
-    probs = DropoutProbs(0.3, 0.3, 0.3)
+    probs = DropoutProbs(text=0.3, image=0.3, both=0.3)
     a = conditioning_dropout(64, probs, torch.Generator().manual_seed(7))
     b = conditioning_dropout(64, probs, torch.Generator().manual_seed(7))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
@@ -42,7 +42,7 @@ def test_dropout_is_reproducible_and_per_sample():
 
 
 def test_zero_probabilities_never_drop():
-    drop_text, drop_image = conditioning_dropout(10_000, DropoutProbs(0, 0, 0), torch.Generator().manual_seed(0))
+    drop_text, drop_image = conditioning_dropout(10_000, DropoutProbs(text=0, image=0, both=0), torch.Generator().manual_seed(0))
     assert not drop_text.any() and not drop_image.any()
 
 
@@ -95,8 +95,8 @@ def _manual_loss(unet, scheduler, latents, image_latents, text, null_text, seed,
 
 @pytest.mark.parametrize(
     "probs, drop_text, drop_image",
-    [(DropoutProbs(0, 0, 0), False, False), (DropoutProbs(1, 0, 0), True, False),
-     (DropoutProbs(0, 1, 0), False, True), (DropoutProbs(0, 0, 1), True, True)],
+    [(DropoutProbs(text=0, image=0, both=0), False, False), (DropoutProbs(text=1, image=0, both=0), True, False),
+     (DropoutProbs(text=0, image=1, both=0), False, True), (DropoutProbs(text=0, image=0, both=1), True, True)],
 )
 def test_loss_conditions_the_unet_as_each_dropout_case_says(parts, probs, drop_text, drop_image):
     unet: UNet2DConditionModel = parts.unet.eval()
@@ -134,7 +134,7 @@ def test_snr_weighting_and_noise_offset_change_the_loss_only_when_asked(parts):
     latents, image_latents = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16)
     dim = unet.config.cross_attention_dim
     text, null_text = torch.randn(2, 77, dim), torch.randn(1, 77, dim)
-    probs = DropoutProbs(0, 0, 0)
+    probs = DropoutProbs(text=0, image=0, both=0)
 
     def loss(**kw):
         with torch.no_grad():
@@ -146,3 +146,9 @@ def test_snr_weighting_and_noise_offset_change_the_loss_only_when_asked(parts):
     assert loss(noise_offset=0.1) != pytest.approx(plain, rel=1e-6)
     assert loss(snr_gamma=5.0) != pytest.approx(plain, rel=1e-6)
     assert loss(snr_gamma=1e9) == pytest.approx(plain, rel=1e-5)  # γ above every SNR: weights are 1 for ε
+
+
+def test_dropout_probs_are_named_never_positional():
+    # Three floats of one type: a positional swap would pass every other test (issue 13).
+    with pytest.raises(TypeError):
+        DropoutProbs(0.1, 0.2, 0.3)

@@ -13,7 +13,8 @@ from PIL import Image
 
 from instructsd.data.instructions import all_instructions
 from instructsd.errors import InstructSDError
-from instructsd.train.data import PairDataset, collate, epoch_order, paired_transform, rank_batches, task_row_weights
+from instructsd.train.batches import PairDataset, collate
+from instructsd.train.data import epoch_order, paired_transform, rank_batches, task_row_weights
 
 
 def _rows(n: int, prompts=None, tasks=None) -> Dataset:

@@ -19,7 +19,7 @@ from instructsd.errors import InstructSDError
 from instructsd.models.lora import load_adapter
 from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 
 from conftest import photo
 

@@ -19,7 +19,7 @@ from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.train.cache import sample_latents
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 
 from conftest import photo
 
@@ -54,7 +54,7 @@ def test_resume_continues_with_exactly_the_uninterrupted_losses(ip2p_hub_model, 
               "checkpoint_every=2", "keep_last=2", "cache_latents=true", f"cache_dir={tmp_path / 'cache'}")
     # The uninterrupted run also validates: validation must not touch the training's random streams.
     full = train(_cfg(tiny_model, dataset, tmp_path / "full", *common, "validation_every=3", "num_validation_images=1",
-                      "validation_steps=1"), progress=False)
+                      "validation.num_inference_steps=1"), progress=False)
     part = train(_cfg(tiny_model, dataset, tmp_path / "part", *common), progress=False, stop_at=3)
     assert [s for s, _ in part.losses] == [1, 2, 3] and not (tmp_path / "part" / "final").exists()
     ckpts = sorted(p.name for p in (tmp_path / "part" / "checkpoints").iterdir())

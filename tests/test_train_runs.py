@@ -15,7 +15,7 @@ from instructsd.data.build import build_dataset
 from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import resolve_mixed_precision, train
+from instructsd.train.loop import resolve_mixed_precision, train
 
 from conftest import photo
 
@@ -41,7 +41,7 @@ def _lines(path: Path) -> list[dict]:
 def test_bf16_run_validates_checkpoints_resumes_saves_and_edits(tiny_model, dataset, tmp_path):
     # Validation under bf16 used to die at the VAE decode ("Input type (float) and bias type (c10::BFloat16)").
     common = ("mixed_precision=bf16", "max_train_steps=4", "validation_every=2", "num_validation_images=1",
-              "validation_steps=1", "checkpoint_every=2", "use_ema=true", "ema_decay=0.9", "report_to=tensorboard")
+              "validation.num_inference_steps=1", "checkpoint_every=2", "use_ema=true", "ema_decay=0.9", "report_to=tensorboard")
     full = train(_cfg(tiny_model, dataset, tmp_path / "full", *common), progress=False)
     part = train(_cfg(tiny_model, dataset, tmp_path / "part", *common), progress=False, stop_at=3)
     assert [s for s, _ in part.losses] == [1, 2, 3]
@@ -64,7 +64,7 @@ def test_tensorboard_gets_loss_lr_grad_norm_validation_and_grids(tiny_model, dat
 
     out = tmp_path / "run"
     train(_cfg(tiny_model, dataset, out, "max_train_steps=2", "validation_every=2", "num_validation_images=1",
-               "validation_steps=1", "report_to=tensorboard"), progress=False)
+               "validation.num_inference_steps=1", "report_to=tensorboard"), progress=False)
     events = EventAccumulator(str(next(p.parent for p in (out / "tensorboard").rglob("events.out.tfevents.*")
                                        if "hparams" not in str(p) and p.stat().st_size > 0)),
                               size_guidance={"images": 0, "scalars": 0}).Reload()

@@ -17,8 +17,9 @@ from instructsd.config import load_config
 from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
-from instructsd.train.streaming import StreamingPairs, open_stream
+from instructsd.train.loop import train
+from instructsd.train.batches import StreamingPairs
+from instructsd.train.streaming import open_stream
 
 from conftest import photo
 
@@ -140,7 +141,7 @@ def test_exported_parquet_trains_streaming_with_validation_and_a_glob(tiny_model
     run_dir = tmp_path / "run"
     code = run(["train", "tiny-cpu", f"base_model={tiny_model}", f"dataset={out}", f"output_dir={run_dir}", "streaming=true",
                 "max_train_steps=2", "train_batch_size=2", "resolution=16", "validation_every=2", "num_validation_images=1",
-                "validation_steps=1", "dataloader_num_workers=2"])
+                "validation.num_inference_steps=1", "dataloader_num_workers=2"])
     assert code == 0, capsys.readouterr().err
     assert (run_dir / "final" / "model_index.json").is_file()
     assert [json.loads(line)["step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()] == [2]

@@ -3,14 +3,18 @@
 A config class is a dataclass whose fields are declared with :func:`opt`, so each carries a
 one-line doc. Validation lives in the class's ``__post_init__`` and raises
 :class:`InstructSDError`; unknown keys and badly typed values are refused with the key named.
+
+A field may itself be a config class (a group of settings, e.g. TrainConfig's ``validation``):
+YAML gives it as a mapping (``validation: {num_inference_steps: 20}``; keys left out keep their
+defaults, and a file's mapping is merged with the overrides'), ``key=value`` as a dotted key
+(``validation.num_inference_steps=20``) or a whole flow mapping, and the saved config nests it
+with a doc line per key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 import types
 import typing
 from importlib import resources
@@ -20,15 +24,39 @@ from typing import Any, TypeVar
 import yaml
 
 from instructsd.errors import InstructSDError
+from instructsd.files import atomic_write_text
 
 T = TypeVar("T")
 
 
 def opt(default: Any, doc: str) -> Any:
     """Declare a config field with its default and a one-line doc."""
+    if dataclasses.is_dataclass(default):  # a nested config: each instance gets its own copy
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(default), metadata={"doc": doc})
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
     return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def _is_config(hint: Any) -> bool:
+    """True for a nested config class (a dataclass type)."""
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def keys(cls: type) -> list[str]:
+    """Every settable key of ``cls``, nested ones dotted (``validation.num_inference_steps``)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        out += [f"{f.name}.{k}" for k in keys(hints[f.name])] if _is_config(hints[f.name]) else [f.name]
+    return out
+
+
+def _moved(cls: type, key: str, source: str) -> None:
+    """Refuse a key the class renamed (its ``MOVED`` map: old key -> new key), naming the new one."""
+    new = getattr(cls, "MOVED", {}).get(key)
+    if new:
+        raise InstructSDError(f"config key '{key}' is now '{new}' (issue 13); rename it in {source}")
 
 
 def presets() -> dict[str, Path]:
@@ -78,6 +106,8 @@ def _describe(hint: Any) -> str:
             names.append("one of " + ", ".join(map(str, typing.get_args(arm))))
         elif arm is bool:
             names.append("bool (true/false, yes/no, on/off, 1/0)")
+        elif _is_config(arm):
+            names.append("a mapping of " + ", ".join(f.name for f in dataclasses.fields(arm)))
         elif arm is float:
             names.append("a number")
         else:
@@ -105,6 +135,12 @@ def _bool_as_text(value: bool, hint: Any, key: str) -> str:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check ``value`` against a type hint (converting int→float, list→tuple, bool words→bool)."""
+    if _is_config(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise InstructSDError(f"config key '{key}': expected {_describe(hint)}, got {value!r}")
+        return from_dict(hint, value, prefix=f"{key}.")
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(hint):
@@ -196,7 +232,7 @@ def _from_text(raw: str, hint: Any, key: str) -> Any:
         return yaml.safe_load(raw)
     except yaml.YAMLError as err:
         shape = typing.get_origin(arm) or arm
-        example = f"{key}={{a: 1, b: 2}}" if shape is dict else f"{key}=[a, b]"
+        example = f"{key}={{a: 1, b: 2}}" if shape is dict or _is_config(shape) else f"{key}=[a, b]"
         raise InstructSDError(
             f"config key '{key}': {raw!r} is not valid YAML flow syntax ({_yaml_problem(err)}); "
             f"expected {expected}, e.g. {example}"
@@ -210,12 +246,16 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
-def from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build ``cls`` from a mapping, refusing unknown keys and mistyped values."""
-    return cls(**typed_fields(cls, data, source))
+def from_dict(cls: type[T], data: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Build ``cls`` from a mapping, refusing unknown keys and mistyped values.
+
+    A nested config field takes a mapping (or an instance); ``prefix`` spells where a nested
+    class sits (``validation.``), so messages name the key as the user writes it.
+    """
+    return cls(**typed_fields(cls, data, source, prefix))
 
 
-def typed_fields(cls: type, data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+def typed_fields(cls: type, data: dict[str, Any], source: str = "config", prefix: str = "") -> dict[str, Any]:
     """``data`` as ``cls``'s fields: unknown keys refused, each value read as its field's type.
 
     For ``dataclasses.replace(cfg, **typed_fields(type(cfg), changes))`` where the changes come
@@ -225,31 +265,56 @@ def typed_fields(cls: type, data: dict[str, Any], source: str = "config") -> dic
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:
+        _moved(cls, unknown[0], source)
         raise InstructSDError(
-            f"unknown config key '{unknown[0]}' in {source}; known keys: {', '.join(names)}"
+            f"unknown config key '{prefix}{unknown[0]}' in {source}; known keys: {', '.join(prefix + k for k in keys(cls))}"
         )
-    return {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    return {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+
+
+def _field_hint(cls: type, key: str) -> Any:
+    """The type of a (possibly dotted) key of ``cls``; unknown keys are refused, listing the known ones."""
+    hint: Any = cls
+    for part in key.split("."):
+        fields = {f.name for f in dataclasses.fields(hint)} if _is_config(hint) else set()
+        if part not in fields:
+            _moved(cls, key, "the key=value overrides")
+            raise InstructSDError(
+                f"unknown config key '{key}' in the key=value overrides; known keys: {', '.join(sorted(keys(cls)))}"
+            )
+        hint = typing.get_type_hints(hint)[part]
+    return hint
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``extra``, mappings merged key by key (a nested config's keys, layer over layer)."""
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merge(out[key], value) if both else value
+    return out
 
 
 def parse_overrides(items: list[str], cls: type) -> dict[str, Any]:
     """Turn ``["learning_rate=1e-4", "mixed_precision=no"]`` into values typed by ``cls``'s fields.
 
     Each value is read as its field's declared type (see :func:`_from_text`), so a str field
-    keeps ``yes`` or ``123`` as text and ``mixed_precision=no`` stays the string "no".
+    keeps ``yes`` or ``123`` as text and ``mixed_precision=no`` stays the string "no". A dotted
+    key sets one key of a nested config: ``validation.scheduler=ddim`` gives
+    ``{"validation": {"scheduler": "ddim"}}``.
     """
-    hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise InstructSDError(f"override '{item}' is not of the form key=value")
-        known = sorted(f.name for f in dataclasses.fields(cls))
-        if key not in known:
-            raise InstructSDError(
-                f"unknown config key '{key}' in the key=value overrides; known keys: {', '.join(known)}"
-            )
-        out[key] = _from_text(raw, hints[key], key)
+        *path, last = key.split(".")
+        value = _from_text(raw, _field_hint(cls, key), key)
+        nested = {last: value}
+        for part in reversed(path):
+            nested = {part: nested}
+        out = merge(out, nested)
     return out
 
 
@@ -297,42 +362,39 @@ def load_config(cls: type[T], source: str | Path | None = None, overrides: list[
     if source:
         named = presets()
         path = named.get(str(source), Path(source))
-        data.update(read_yaml(path, cls))
+        data = read_yaml(path, cls)
         label = str(path)
-    data.update(parse_overrides(overrides or [], cls))
+    data = merge(data, parse_overrides(overrides or [], cls))
     return from_dict(cls, data, source=label)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain YAML-able values: tuples as lists, nested configs as mappings."""
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 
 
+def _yaml_lines(cfg: Any, indent: str = "") -> list[str]:
+    """Each key under its doc comment; a nested config as an indented block with its own docs."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        lines.append(f"{indent}# {f.metadata.get('doc', '')}")
+        if dataclasses.is_dataclass(value):
+            lines += [f"{indent}{f.name}:", *_yaml_lines(value, indent + "  ")]
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        # One-key flow mapping "{key: value}": drop only its own braces (value may be a mapping).
+        lines.append(indent + yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()[1:-1])
+    return lines
+
+
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically, with each field's doc as a comment."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# resolved {type(cfg).__name__} (instructsd)"]
-    docs = {f.name: f.metadata.get("doc", "") for f in dataclasses.fields(cfg)}
-    for key, value in to_dict(cfg).items():
-        lines.append(f"# {docs[key]}")
-        # One-key flow mapping "{key: value}": drop only its own braces (value may be a mapping).
-        lines.append(yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()[1:-1])
-    text = "\n".join(lines) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return path
-
-
-def describe(cls: type) -> str:
-    """One line per key: name, default and doc — for ``--help``-style listings."""
-    rows = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        rows.append(f"{f.name} = {default!r}\n    {f.metadata.get('doc', '')}")
-    return "\n".join(rows)
+    lines = [f"# resolved {type(cfg).__name__} (instructsd)", *_yaml_lines(cfg)]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

@@ -11,13 +11,11 @@ app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")
 
 
 @app.command("show")
-
-
 def config_show(
     config: Optional[str] = typer.Argument(None, help="Preset name or YAML file; omit for the defaults."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides; a nested key dotted, e.g. validation.scheduler=ddim."),
 ) -> None:
-    """Print the resolved training config, one documented key per line."""
+    """Print the resolved training config, one documented key per line (nested settings as indented blocks)."""
     import tempfile
 
     from instructsd.config import load_config, save_config
@@ -29,8 +27,6 @@ def config_show(
 
 
 @app.command("presets")
-
-
 def config_presets() -> None:
     """List the named presets."""
     from instructsd.config import presets

@@ -21,7 +21,7 @@ def train_cmd(
     from instructsd.config import load_config
     from instructsd.errors import InstructSDError
     from instructsd.train.config import TrainConfig
-    from instructsd.train.recipe import train
+    from instructsd.train.loop import train
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch / torchrun only rank 0 reports
     if from_diffusers_args:

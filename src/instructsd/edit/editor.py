@@ -29,6 +29,7 @@ from instructsd.edit.guidance import (
     DEFAULT_GUIDANCE,
     DEFAULT_IMAGE_GUIDANCE,
     DEFAULT_STEPS,
+    SCHEDULER_NAMES,
     check_guidance,
     guided_at_any_scale,
 )
@@ -37,13 +38,9 @@ from instructsd.errors import InstructSDError
 from instructsd.models.loading import check_model, resolve_model, torch_dtype
 
 # Euler ancestral is what the InstructPix2Pix authors ship with their pipeline.
-SCHEDULERS = {
-    "euler_ancestral": EulerAncestralDiscreteScheduler,
-    "euler": EulerDiscreteScheduler,
-    "dpmpp": DPMSolverMultistepScheduler,
-    "ddim": DDIMScheduler,
-    "unipc": UniPCMultistepScheduler,
-}
+# Names from edit/guidance.py (the one list, also read by TrainConfig), in its order.
+SCHEDULERS = dict(zip(SCHEDULER_NAMES, (EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler,
+                                        DDIMScheduler, UniPCMultistepScheduler), strict=True))
 
 
 HIGHRES_MODES = ("off", *HIGHRES_METHODS)

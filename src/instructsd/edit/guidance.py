@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import math
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Literal
 
 from instructsd.errors import InstructSDError
 
@@ -38,6 +38,11 @@ from instructsd.errors import InstructSDError
 DEFAULT_STEPS = 20
 DEFAULT_IMAGE_GUIDANCE = 1.5
 DEFAULT_GUIDANCE = 7.0
+
+# The samplers the edit function offers, by name, for the same reason: edit/editor.py's SCHEDULERS
+# pairs them with their classes, TrainConfig's validation settings take them as a Literal.
+SCHEDULER_NAMES = ("euler_ancestral", "euler", "dpmpp", "ddim", "unipc")
+SchedulerChoice = Literal[("auto", *SCHEDULER_NAMES)]
 
 GUIDANCE_RULE = "a finite number >= 0 (eq. 3 of InstructPix2Pix applies every such scale; 1 adds no extra pull)"
 

@@ -37,7 +37,7 @@ from instructsd.eval.suite import MetricSuite
 from instructsd.models.autoencoder import fit_autoencoder
 from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 
 TINY_PREFIX = "tiny:"
 

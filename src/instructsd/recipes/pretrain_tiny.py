@@ -8,7 +8,7 @@ SD") needs a small base of our own. The recipe, every stage resumable inside ``O
               with scikit-image, split by photo: validation photos are never trained on
     model     tiny components (BPE tokenizer, CLIP text encoder, autoencoder, 8-channel UNet);
               the autoencoder is fitted to the training photos
-    train     the normal trainer (``train.recipe.train``) with checkpoints, so an
+    train     the normal trainer (``train.loop.train``) with checkpoints, so an
               interrupted run continues where it stopped; its config is the tiny-cpu preset
               with typed changes (``dataclasses.replace``)
     score     held-out photos: base vs identity per task, seen vs held-out paraphrases
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
-from instructsd.config import load_config, opt, save_config, typed_fields
+from instructsd.config import load_config, opt, save_config, to_dict, typed_fields
 from instructsd.data.build import build_dataset
 from instructsd.data.load import load_split
 from instructsd.data.samples import sample_images
@@ -47,8 +47,8 @@ from instructsd.files import atomic_write_text
 from instructsd.models.autoencoder import fit_autoencoder
 from instructsd.models.identity_init import identity_init
 from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
-from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.config import TrainConfig, ValidationSettings
+from instructsd.train.loop import train
 from instructsd.train.validation import read_curves
 
 PRETRAIN_TASKS = ("denoise", "lowlight", "dehaze", "whitebalance")
@@ -142,10 +142,10 @@ def train_config(cfg: PretrainConfig, init: Path, data: Path, out: Path, **chang
 
 
 def validation_changes(settings: EditSettings) -> dict:
-    """TrainConfig's in-training validation keys, set to edit as ``settings`` does."""
-    return {"validation_scheduler": settings.scheduler, "validation_steps": settings.num_inference_steps,
-            "validation_image_guidance": float(settings.image_guidance_scale),
-            "validation_guidance": float(settings.guidance_scale)}
+    """TrainConfig's in-training validation settings, set to edit as ``settings`` does."""
+    return {"validation": ValidationSettings(
+        num_inference_steps=settings.num_inference_steps, image_guidance_scale=float(settings.image_guidance_scale),
+        guidance_scale=float(settings.guidance_scale), scheduler=settings.scheduler)}
 
 
 def score(pipe, rows, settings, *, per_task: int, seed: int = 0, batch_size: int = 16) -> dict:
@@ -247,7 +247,7 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
     checks = targets_met(metrics)
     wall = time.time() - started
     record = {
-        "command": command, "config": asdict(cfg), "train_config": json.loads(json.dumps(tcfg.__dict__, default=str)),
+        "command": command, "config": asdict(cfg), "train_config": json.loads(json.dumps(to_dict(tcfg), default=str)),
         "autoencoder": vae_stats, "settings": check["settings"], "metrics": metrics,
         "settings_search": [{"settings": c["settings"], "mean_psnr": mean_psnr(c["metrics"])} for c in search], "targets": checks, "check": check,
         "wall_seconds_this_run": wall, "train_seconds": spent, "validation_curve": curve, "device": _device_name(device),

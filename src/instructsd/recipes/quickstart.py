@@ -32,7 +32,7 @@ from instructsd.models.loading import load_components, tiny_base_path, tiny_base
 from instructsd.models.tiny import save_pipeline
 from instructsd.recipes.pretrain_tiny import validation_changes
 from instructsd.train.config import TrainConfig
-from instructsd.train.recipe import train
+from instructsd.train.loop import train
 from instructsd.train.validation import read_curves
 
 MARKER = ".instructsd-quickstart"

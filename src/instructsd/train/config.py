@@ -3,11 +3,45 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
-from instructsd.config import opt
-from instructsd.edit.guidance import DEFAULT_GUIDANCE, DEFAULT_IMAGE_GUIDANCE, DEFAULT_STEPS, guidance_problem
+from instructsd.config import opt, to_dict
+from instructsd.edit.guidance import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_IMAGE_GUIDANCE,
+    DEFAULT_STEPS,
+    SCHEDULER_NAMES,
+    SchedulerChoice,
+    guidance_problem,
+)
 from instructsd.errors import InstructSDError
+
+
+@dataclass
+class ValidationSettings:
+    """How in-training validation edits: the edit function's settings (``EditSettings``) that apply
+    to it, under the same names and with the same defaults, so validation edits as ``instructsd edit`` does."""
+
+    num_inference_steps: int = opt(DEFAULT_STEPS, "Sampling steps of each validation edit.")
+    image_guidance_scale: float = opt(DEFAULT_IMAGE_GUIDANCE, "Image guidance scale s_I (eq. 3; any finite value >= 0).")
+    guidance_scale: float = opt(DEFAULT_GUIDANCE, "Text guidance scale s_T (eq. 3; any finite value >= 0).")
+    scheduler: SchedulerChoice = opt("auto", "Sampler: auto (Euler ancestral, or Euler for prediction_type sample) or one "
+                                             f"of {', '.join(SCHEDULER_NAMES)}.")
+
+    def __post_init__(self) -> None:
+        # Checked here, not at the first validation edit thousands of steps in (issue 11, item 7).
+        if self.num_inference_steps < 1:
+            raise InstructSDError("invalid config: validation.num_inference_steps must be >= 1")
+        problem = guidance_problem(self.image_guidance_scale, self.guidance_scale,
+                                   ("validation.image_guidance_scale", "validation.guidance_scale"))
+        if problem is not None:
+            raise InstructSDError(f"invalid config: {problem}")
+
+    def edit_settings(self):
+        """These settings as the edit function takes them (an ``instructsd.edit.editor.EditSettings``)."""
+        from instructsd.edit.editor import EditSettings
+
+        return EditSettings(**to_dict(self))
 
 
 @dataclass
@@ -74,12 +108,14 @@ class TrainConfig:
     resume: str = opt("", "Continue from 'latest' (the newest checkpoint in output_dir/checkpoints; there must be one), 'auto' (the newest if any, else start fresh) or a checkpoint folder; empty = start fresh.")
     overwrite: bool = opt(False, "Start fresh even if output_dir holds another run, replacing that run's files (a shared cache/ is kept); without it such a start is refused.")
     validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
-    validation_steps: int = opt(DEFAULT_STEPS, "Sampling steps for in-training validation edits.")
-    validation_image_guidance: float = opt(DEFAULT_IMAGE_GUIDANCE, "Image guidance scale for in-training validation edits (any finite value >= 0).")
-    validation_guidance: float = opt(DEFAULT_GUIDANCE, "Text guidance scale for in-training validation edits (any finite value >= 0).")
-    validation_scheduler: Literal["auto", "euler_ancestral", "euler", "dpmpp", "ddim", "unipc"] = opt("auto", "Sampler for in-training validation edits (auto = Euler ancestral, or Euler for prediction_type sample; or euler_ancestral, euler, dpmpp, ddim, unipc).")
+    validation: ValidationSettings = opt(ValidationSettings(), "How in-training validation edits: the edit function's sampling settings (as `instructsd edit`).")
     report_to: Optional[Literal["tensorboard", "wandb", "all", "none"]] = opt(None, "Trackers that also get the loss, learning rate, gradient norm, validation metrics and grids (losses.jsonl and validation.jsonl are always written): tensorboard (output_dir/tensorboard), wandb, all, none; null = tensorboard when installed.")
     num_validation_images: int = opt(4, "Validation images per task in the fixed in-training validation subset (spread over the split).")
+
+    # Keys that moved; the old spelling is refused with the new one named.
+    MOVED: ClassVar[dict[str, str]] = {
+        "validation_steps": "validation.num_inference_steps", "validation_image_guidance": "validation.image_guidance_scale",
+        "validation_guidance": "validation.guidance_scale", "validation_scheduler": "validation.scheduler"}
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
@@ -99,11 +135,7 @@ class TrainConfig:
             need(0 <= getattr(self, key) <= 1, f"{key} must be in [0, 1]")
         need(self.checkpoint_every >= 0 and self.keep_last >= 0, "checkpoint_every and keep_last must be >= 0")
         need(self.validation_every >= 0, "validation_every must be >= 0")
-        # Checked here, not at the first validation edit thousands of steps in (issue 11, item 7).
-        need(self.validation_steps >= 1, "validation_steps must be >= 1")
-        problem = guidance_problem(self.validation_image_guidance, self.validation_guidance,
-                                   ("validation_image_guidance", "validation_guidance"))
-        need(problem is None, str(problem))
+        need(isinstance(self.validation, ValidationSettings), "validation must be a mapping of its keys")
         need(self.lora_rank >= 0, "lora_rank must be >= 0")
         need(isinstance(self.lora_target_modules, list) and len(self.lora_target_modules) > 0
              and all(isinstance(m, str) for m in self.lora_target_modules),

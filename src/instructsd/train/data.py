@@ -1,9 +1,10 @@
-"""Training batches: paired images resized without squashing, cropped and flipped together.
+"""Training samples: data order, paired images resized without squashing, cropped and flipped together.
 
 Every random choice for a sample comes from a generator seeded by (seed, epoch, row), and the
 data order is a pure function of (seed, epoch) — so a sample's augmentation does not depend on
 batch composition, worker count or process rank, two samples in one batch flip independently
-(unlike the reference script), and a resumed run can jump straight to its data position.
+(unlike the reference script), and a resumed run can jump straight to its data position. The
+datasets and batch sources built from these are in train/batches.py.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from datasets import Dataset
 from PIL import Image
 
-from instructsd.data.load import load_split  # noqa: F401 -- the reader moved to data/ (issue 12); kept for the trainer
 from instructsd.errors import InstructSDError
 
 # Independent random streams per (seed, epoch, row). numpy's SeedSequence ignores trailing
@@ -109,7 +108,7 @@ def paired_transform(source: Image.Image, target: Image.Image, size: int, rng: n
     return to_tensor(source), to_tensor(target)
 
 
-# --- datasets ---------------------------------------------------------------------------------
+# --- instructions ---------------------------------------------------------------------------
 
 
 class InstructionSource:
@@ -127,84 +126,3 @@ class InstructionSource:
         from instructsd.data.instructions import sample_instruction
 
         return sample_instruction(task, np.random.default_rng([self.seed, epoch, index, _INSTRUCTION]))
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """A map-style view of an instruction dataset yielding augmented tensors and prompts.
-
-    A row whose images fail to decode yields ``{"bad": True}``; :func:`collate` drops it and
-    the recipe counts it against ``max_bad_fraction``.
-    """
-
-    def __init__(self, rows: Dataset, *, size: int, flip: bool, seed: int, input_column: str, edited_column: str,
-                 prompt_column: str, task_column: str | None = None, center_crop: bool = False):
-        self.rows, self.size, self.flip, self.seed, self.center_crop = rows, size, flip, seed, center_crop
-        self.columns = (input_column, edited_column, prompt_column)
-        self.task_column = task_column if task_column and task_column in rows.column_names else None
-        self.instruction = InstructionSource(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        src_col, tgt_col, prompt_col = self.columns
-        try:
-            row = self.rows[int(index)]
-            rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT])
-            source, target = paired_transform(row[src_col], row[tgt_col], self.size, rng, self.flip, self.center_crop)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's decode errors
-            return {"bad": True, "index": int(index), "error": str(err)}
-        task = row[self.task_column] if self.task_column else None
-        prompt = self.instruction(row[prompt_col], task, self.epoch, int(index))
-        return {"input_pixels": source, "edited_pixels": target, "prompt": prompt, "index": int(index)}
-
-
-class CachedPairDataset(torch.utils.data.Dataset):
-    """The same samples as :class:`PairDataset` with ``center_crop``, read from the latent cache.
-
-    The flip is drawn from the same per-sample stream, so a cached run sees exactly the
-    samples the pixel run sees, already encoded.
-    """
-
-    def __init__(self, latents: Dataset, prompts: Sequence[str], tasks: Sequence[str | None], *, flip: bool, seed: int):
-        self.latents = latents.with_format("torch")
-        self.prompts, self.tasks, self.flip, self.seed = list(prompts), list(tasks), flip, seed
-        self.instruction = InstructionSource(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, index: int) -> dict:
-        rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT])
-        side = int(draw_flip(rng, self.flip))
-        row = self.latents[int(index)]
-        if "ok" in row and not bool(row["ok"]):  # failed to decode when the cache was built
-            return {"bad": True, "index": int(index), "error": "image failed to decode when the cache was built"}
-        prompt = self.instruction(self.prompts[index], self.tasks[index], self.epoch, int(index))
-        return {"input_latents": row[f"input_mode_{side}"], "target_moments": row[f"target_moments_{side}"],
-                "prompt": prompt, "index": int(index)}
-
-
-def collate(samples: list[dict]) -> dict:
-    """Stack good samples; report the indices of those that failed to decode."""
-    good = [s for s in samples if not s.get("bad")]
-    out: dict = {"prompts": [s["prompt"] for s in good], "indices": [s["index"] for s in good],
-                 "bad": [s["index"] for s in samples if s.get("bad")]}
-    for key in ("input_pixels", "edited_pixels", "input_latents", "target_moments"):
-        if good and key in good[0]:
-            out[key] = torch.stack([s[key] for s in good])
-    return out
-
-
-def batch_loader(dataset: torch.utils.data.Dataset, batches: list[list[int]], num_workers: int) -> torch.utils.data.DataLoader:
-    """Iterate precomputed index batches (the order is ours, not the DataLoader's)."""
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=num_workers)
-

@@ -16,16 +16,15 @@ docs/training.md``), and a test checks the two agree.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 from instructsd.errors import InstructSDError
+from instructsd.files import atomic_write_text
 
 SCRIPT = "train_instruct_pix2pix.py"
 Kind = Literal["str", "int", "float", "switch"]
@@ -337,9 +336,12 @@ def _parse(flags: list[str]) -> tuple[set[str], dict[str, Any]]:
 
 
 def _config_defaults() -> dict[str, Any]:
+    """TrainConfig's defaults by key, a nested config's keys dotted (``validation.scheduler``)."""
+    from instructsd.config import keys
     from instructsd.train.config import TrainConfig
 
-    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory()) for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig()
+    return {key: functools.reduce(getattr, key.split("."), defaults) for key in keys(TrainConfig)}
 
 
 def _show(value: Any) -> str:
@@ -468,10 +470,7 @@ def update_doc(path: str | Path) -> bool:
     new = f"{head}{BEGIN}\n{migration_table_markdown()}{END}{tail}"
     if new == text:
         return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(new)
-    os.replace(tmp, path)
+    atomic_write_text(path, new)
     return True
 
 

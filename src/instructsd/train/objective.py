@@ -17,9 +17,12 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DropoutProbs:
-    """Probabilities of the three conditioning-dropout cases; they are disjoint."""
+    """Probabilities of the three conditioning-dropout cases; they are disjoint.
+
+    Keyword-only: three positional floats of one type could be swapped unnoticed (issue 13).
+    """
 
     text: float = 0.05
     image: float = 0.05

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,21 @@ class RunLog:
         if self.losses is not None:
             self.losses.close()
             self.losses = None
+
+
+class StepTimer:
+    """Steady-state wall and CPU seconds per optimizer step for benchmarks: the first step (warm-up,
+    allocation, compilation) is excluded."""
+
+    def __init__(self):
+        self.first: tuple[int, float, float] | None = None
+
+    def step_done(self, step: int) -> None:
+        if self.first is None:
+            self.first = (step, time.perf_counter(), time.process_time())
+
+    def per_step(self, step: int) -> tuple[float, float]:
+        if self.first is None or step <= self.first[0]:
+            return 0.0, 0.0
+        first, wall, cpu = self.first
+        return (time.perf_counter() - wall) / (step - first), (time.process_time() - cpu) / (step - first)

@@ -18,7 +18,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from instructsd.data.load import Columns
-from instructsd.edit.editor import EditSettings, pipeline_from_parts
+from instructsd.edit.editor import pipeline_from_parts
 from instructsd.eval.compare import edit_rows, score_outputs
 from instructsd.eval.metrics import ALL_TASKS, summarize
 from instructsd.eval.report import save_grid
@@ -39,8 +39,7 @@ def validate(step: int, unet, parts, scheduler, data: list[Example], out: Path, 
     was_training = unet.training
     unet.eval()
     pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
-    settings = EditSettings(num_inference_steps=cfg.validation_steps, image_guidance_scale=cfg.validation_image_guidance,
-                            guidance_scale=cfg.validation_guidance, scheduler=cfg.validation_scheduler)
+    settings = cfg.validation.edit_settings()
     with tqdm(total=len(data), desc=f"validate (step {step})", leave=False, disable=not progress) as bar:
         edits = edit_rows(pipe, data, settings, batch_size=1, progress=bar.update)
     unet.train(was_training)
