@@ -286,12 +286,15 @@ def _field_hint(cls: type, key: str) -> Any:
     return hint
 
 
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated by ``extra``, mappings merged key by key (a nested config's keys, layer over layer)."""
+def merge(base: dict[str, Any], extra: dict[str, Any], cls: type) -> dict[str, Any]:
+    """``base`` updated by ``extra`` for config ``cls``: a nested config's keys merge layer over layer;
+    any other value, a plain mapping field such as ``task_weights`` included, is replaced whole."""
     out = dict(base)
+    hints = typing.get_type_hints(cls)
     for key, value in extra.items():
-        both = isinstance(out.get(key), dict) and isinstance(value, dict)
-        out[key] = merge(out[key], value) if both else value
+        hint = hints.get(key)
+        both = _is_config(hint) and isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merge(out[key], value, hint) if both else value
     return out
 
 
@@ -314,7 +317,7 @@ def parse_overrides(items: list[str], cls: type) -> dict[str, Any]:
         nested = {last: value}
         for part in reversed(path):
             nested = {part: nested}
-        out = merge(out, nested)
+        out = merge(out, nested, cls)
     return out
 
 
@@ -364,7 +367,7 @@ def load_config(cls: type[T], source: str | Path | None = None, overrides: list[
         path = named.get(str(source), Path(source))
         data = read_yaml(path, cls)
         label = str(path)
-    data = merge(data, parse_overrides(overrides or [], cls))
+    data = merge(data, parse_overrides(overrides or [], cls), cls)
     return from_dict(cls, data, source=label)
 
 
