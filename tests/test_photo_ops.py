@@ -13,6 +13,7 @@ from PIL import Image
 
 from instructsd.data import photo_instructions as PI
 from instructsd.data import photo_ops as P
+from instructsd.data import photo_pairs as PP
 from instructsd.errors import InstructSDError
 
 
@@ -160,7 +161,7 @@ def test_compound_edits_apply_in_order_and_join_one_clause_per_op():
     rng = np.random.default_rng(2)
     image = np.asarray(photo(3, size=(24, 16)))
     for _ in range(20):
-        edits = P.sample_compound(rng)
+        edits = PP.sample_compound(rng)
         assert len({e["op"] for e in edits}) == 2
         assert not {"black_and_white", "sepia"} & {e["op"] for e in edits}
         task = "+".join(e["op"] for e in edits)
@@ -180,17 +181,17 @@ def test_compound_edits_apply_in_order_and_join_one_clause_per_op():
 
 def test_inverse_pairs_restore_the_original_or_are_refused_when_clipping_loses_it():
     image = np.asarray(photo(4, size=(32, 24)))
-    pair = P.inverse_pair("exposure", image, {"op": "exposure", "ev": -1.0})
+    pair = PP.inverse_pair("exposure", image, {"op": "exposure", "ev": -1.0})
     assert pair is not None
     edited, inverse = pair
     assert inverse == {"op": "exposure", "ev": 1.0}
     back = P.apply("exposure", edited, inverse).astype(int)
     assert np.percentile(np.abs(back - image), 99) <= P.INVERSE_TOLERANCE
     # +2 EV clips the bright half of this photo: -2 EV cannot bring it back.
-    assert P.inverse_pair("exposure", image, {"op": "exposure", "ev": 2.0}) is None
-    flipped, inv = P.inverse_pair("flip", image, {"op": "flip"})
+    assert PP.inverse_pair("exposure", image, {"op": "exposure", "ev": 2.0}) is None
+    flipped, inv = PP.inverse_pair("flip", image, {"op": "flip"})
     assert np.array_equal(P.apply("flip", flipped, inv), image)
     assert P.OPS["hue"].inverse({"op": "hue", "degrees": 30.0})["degrees"] == -30.0
     assert P.OPS["gamma"].inverse({"op": "gamma", "gamma": 0.5})["gamma"] == 2.0
     with pytest.raises(InstructSDError, match="has no inverse; invertible ops: exposure"):
-        P.inverse_pair("grain", image, {"op": "grain", "sigma": 4.0, "seed": 0})
+        PP.inverse_pair("grain", image, {"op": "grain", "sigma": 4.0, "seed": 0})

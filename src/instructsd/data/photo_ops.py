@@ -16,23 +16,11 @@ gain, and the result is clipped to [0, 1] and encoded back::
               = 1.055 * l ** (1 / 2.4) - 0.055 otherwise
     exposure: edited = round(255 * srgb(clip(linear(input / 255) * 2 ** ev, 0, 1)))
 
-Tone and colour operations (contrast, saturation, vibrance, highlights, shadows, gamma, hue)
-work on the encoded values in [0, 1], as a slider on an 8-bit photo does; luma is
-``Y = 0.299 R + 0.587 G + 0.114 B`` (ITU-R BT.601, the weights PIL's ``convert("L")`` uses).
-
-Amounts. An operation with an amount samples it from a few fixed *levels*, each with the
-words an instruction uses for it ("by one stop", "slightly", "a lot"), so the instruction
-states the amount exactly and a model can learn the mapping. Signed operations (brighter or
-darker, warmer or cooler) sample a direction too; their banks are templates with direction
-slots (``{increase}`` -> "increase" / "decrease") and an ``{amount}`` slot, filled by
-:func:`instruction_for_edit`.
-
-Inverses. Where an operation has an inverse (exposure ``-ev``, contrast ``1/factor``, hue
-``-degrees``, a flip is its own inverse) :func:`inverse_pair` makes the pair (edited image,
-opposite instruction, original). Clipping makes the inverse approximate: +1 EV saturates
-highlights that -1 EV cannot bring back. :func:`inverse_pair` therefore measures how well the
-inverse restores the original and returns ``None`` when the 99th-percentile error exceeds
-:data:`INVERSE_TOLERANCE` levels, so a builder keeps only pairs whose target is reachable.
+Tone and colour operations work on the encoded values, as a slider on an 8-bit photo does; luma is
+BT.601 (PIL's ``convert("L")`` weights). Amounts come from fixed *levels* with their words ("by one
+stop", "slightly"), so an instruction states the edit exactly (:mod:`instructsd.data.photo_instructions`).
+Where an operation has an inverse, :func:`instructsd.data.photo_pairs.inverse_pair` keeps a pair only when the inverse restores the
+original within :data:`INVERSE_TOLERANCE` levels (clipping loses highlights). docs/data.md has the table.
 """
 
 from __future__ import annotations
@@ -481,18 +469,6 @@ def apply_edits(image: np.ndarray | Image.Image,
     return out
 
 
-def sample_compound(rng: np.random.Generator, ops: Sequence[str] | None = None,
-                    n: int = 2) -> list[dict]:
-    """``n`` distinct ops drawn from ``ops`` (default: all but the monochrome ones, whose
-    result would hide a colour edit applied before or after), each with sampled params."""
-    pool = list(ops) if ops is not None else [
-        n_ for n_ in OPS if n_ not in ("black_and_white", "sepia")]
-    if len(pool) < n:
-        raise InstructSDError(f"a compound edit of {n} ops needs {n} distinct ops; got {pool}")
-    picked = rng.choice(len(pool), size=n, replace=False)
-    return [sample_edit(pool[int(i)], rng) for i in picked]
-
-
 def edit_params_json(edit_params: Mapping | Sequence[Mapping]) -> str:
     """The ``edit_params`` column value: JSON, ``op`` first (a list for a compound edit)."""
     def one(p: Mapping) -> dict:
@@ -511,26 +487,3 @@ def parse_edit_params(text: str | Mapping | Sequence) -> list[dict]:
             raise InstructSDError(f"edit_params entry {p!r} has no 'op' key")
         get_op(p["op"])
     return [dict(p) for p in edits]
-
-
-def inverse_error(original: np.ndarray, edited: np.ndarray, op: str, inverse: Mapping) -> float:
-    """99th percentile |apply(inverse, edited) - original| in 0-255 levels."""
-    back = apply(op, edited, inverse).astype(np.int16)
-    return float(np.percentile(np.abs(back - as_rgb(original).astype(np.int16)), 99))
-
-
-def inverse_pair(op: str, image: np.ndarray | Image.Image, params: Mapping,
-                 tolerance: float = INVERSE_TOLERANCE) -> tuple[np.ndarray, dict] | None:
-    """``(edited, inverse_params)`` for the row (edited, opposite instruction, original).
-
-    Returns None when the inverse does not bring the original back within ``tolerance``
-    (99th percentile, levels), e.g. +1 EV on a bright photo, whose clipped highlights are
-    lost; the row's target would then not be what the instruction asks for.
-    """
-    o = get_op(op)
-    original = as_rgb(image)
-    edited = apply(op, original, params)
-    inv = o.inverse(params)
-    if inverse_error(original, edited, op, inv) > tolerance:
-        return None
-    return edited, inv

@@ -26,7 +26,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig
 
 from instructsd.errors import InstructSDError
-from instructsd.models.saving import atomic_folder
+from instructsd.files import atomic_dir
 
 Layout = Literal["instruct-pix2pix", "sd15"]
 Size = Literal["tiny", "full"]
@@ -214,7 +214,7 @@ def write_hub_model(out: str | Path, layout: Layout, size: Size = "tiny", seed: 
         "text_encoder": (CLIPTextModel(CLIPTextConfig(**{k: v for k, v in text_cfg.items() if not k.startswith("_")})), text_cfg),
         "safety_checker": (_safety_checker(size), None),
     }
-    with atomic_folder(out, overwrite) as tmp:
+    with atomic_dir(out, overwrite) as tmp:
         for name, (module, config) in parts.items():
             module.save_pretrained(tmp / name, safe_serialization=True)
             if config is not None:  # the hub's key set, not the longer one today's libraries write

@@ -23,9 +23,6 @@ An adapter folder (``run/lora/``) holds:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,6 +30,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 
 from instructsd.errors import InstructSDError
+from instructsd.files import atomic_dir
 from instructsd.models.loading import load_components
 from instructsd.models.saving import base_license, card_metadata, license_note, save_finetuned
 from instructsd.models.surgery import ensure_instruct_unet
@@ -93,30 +91,26 @@ def save_adapter(unet: UNet2DConditionModel, folder: str | Path, *, rank: int, a
 
     peft = _peft()
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     adapters = _cpu(peft.get_peft_model_state_dict(unet))
     config = lora_config(rank, alpha, targets, base_model)
     train_conv_in = unet.conv_in.weight.requires_grad  # as add_lora left it for the run
 
-    # diffusers: its own writer, with the LoraConfig in the file header (diffusers >= 0.35 reads it back). Only the
-    # keys that shape the adapter: diffusers calls LoraConfig(**header), which an older peft refuses on unknown keys.
-    header = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
-    StableDiffusionInstructPix2PixPipeline.save_lora_weights(
-        tmp, unet_lora_layers=convert_state_dict_to_diffusers(adapters), unet_lora_adapter_metadata=header)
-    # peft: what PeftModel.save_pretrained writes for a wrapped UNet.
-    config.save_pretrained(str(tmp))
-    save_file({PEFT_PREFIX + k: v for k, v in adapters.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    if train_conv_in:
-        save_file(_cpu(unet.conv_in.state_dict()), str(tmp / CONV_IN_WEIGHTS))
-    (tmp / META).write_text(json.dumps({
-        "base_model": base_model, "expanded_conv_in": expanded_conv_in, "unet_in_channels": unet.config.in_channels,
-        "train_conv_in": train_conv_in, "dataset": dataset, "prediction_type": prediction_type,
-        "drop_safety_checker": drop_safety_checker,
-    }, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_dir(folder, overwrite=True) as tmp:
+        # diffusers: its own writer, with the LoraConfig in the file header (diffusers >= 0.35 reads it back). Only the
+        # keys that shape the adapter: diffusers calls LoraConfig(**header), which an older peft refuses on unknown keys.
+        header = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
+        StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+            tmp, unet_lora_layers=convert_state_dict_to_diffusers(adapters), unet_lora_adapter_metadata=header)
+        # peft: what PeftModel.save_pretrained writes for a wrapped UNet.
+        config.save_pretrained(str(tmp))
+        save_file({PEFT_PREFIX + k: v for k, v in adapters.items()}, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        if train_conv_in:
+            save_file(_cpu(unet.conv_in.state_dict()), str(tmp / CONV_IN_WEIGHTS))
+        (tmp / META).write_text(json.dumps({
+            "base_model": base_model, "expanded_conv_in": expanded_conv_in, "unet_in_channels": unet.config.in_channels,
+            "train_conv_in": train_conv_in, "dataset": dataset, "prediction_type": prediction_type,
+            "drop_safety_checker": drop_safety_checker,
+        }, indent=2))
     return folder
 
 

@@ -8,41 +8,19 @@ channels for 4-channel starts), so the result is always a stock InstructPix2Pix 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import yaml
 from diffusers import StableDiffusionInstructPix2PixPipeline
 
 from instructsd.errors import InstructSDError
+from instructsd.files import atomic_dir
 from instructsd.models.loading import base_file, resolve_model
 from instructsd.models.tokenizer import write_vocab_files
 
 PIPELINE_FILES = ("model_index.json", "scheduler/scheduler_config.json")
 CARD_TAGS = ["instructsd", "instruct-pix2pix", "image-to-image", "stable-diffusion"]
-
-
-@contextlib.contextmanager
-def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp folder beside ``out``; on success it replaces ``out`` in one rename."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InstructSDError(f"'{out}' already exists; choose another folder or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def base_license(model: str | Path) -> str | None:
@@ -124,7 +102,7 @@ def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_enco
         safety_checker=safety_checker, feature_extractor=feature_extractor,
         requires_safety_checker=bool(keep) and index.get("requires_safety_checker", True),
     )
-    with atomic_folder(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab_files(tokenizer, tmp / "tokenizer")
         (tmp / "scheduler" / "scheduler_config.json").write_text(scheduler_text)

@@ -7,7 +7,6 @@ checkpoint from the hub.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from instructsd.data.tasks import TASKS
 from instructsd.errors import InstructSDError
+from instructsd.files import atomic_dir
 from instructsd.models.tokenizer import MODEL_MAX_LENGTH, train_tokenizer, write_vocab_files
 
 
@@ -118,25 +118,14 @@ def save_pipeline(out_dir: str | Path, unet, vae, text_encoder, tokenizer, sched
     ``StableDiffusionPipeline``. No safety checker is saved (the models here are ours).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InstructSDError(f"'{out_dir}' already exists; choose another folder or pass --overwrite")
     cls = StableDiffusionInstructPix2PixPipeline if unet.config.in_channels == 8 else StableDiffusionPipeline
     pipe = cls(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, overwrite) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab_files(tokenizer, tmp / "tokenizer")
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is meant to be shared
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -43,7 +43,7 @@ from instructsd.eval.compare import edit_rows, score_model, score_outputs
 from instructsd.eval.metrics import summarize
 from instructsd.eval.rows import paraphrases, prepare_rows
 from instructsd.eval.suite import MetricSuite
-from instructsd.files import atomic_write_text
+from instructsd.files import atomic_dir, atomic_write_text
 from instructsd.models.autoencoder import fit_autoencoder
 from instructsd.models.identity_init import identity_init
 from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
@@ -254,15 +254,11 @@ def pretrain_tiny(out: str | Path, cfg: PretrainConfig = PretrainConfig(), *, pr
         "validation_photos": sorted(set(rows["source"])),
     }
     model = out / "model"
-    tmp = out / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result.final_dir, tmp)
-    ship_scheduler(tmp, check["settings"]["scheduler"])
-    (tmp / "pretrain.json").write_text(json.dumps(record, indent=2, default=float))
-    (tmp / "README.md").write_text(model_card(record))
-    if model.exists():
-        shutil.rmtree(model)
-    os.replace(tmp, model)
+    with atomic_dir(model, overwrite=True) as tmp:
+        shutil.copytree(result.final_dir, tmp, dirs_exist_ok=True)
+        ship_scheduler(tmp, check["settings"]["scheduler"])
+        (tmp / "pretrain.json").write_text(json.dumps(record, indent=2, default=float))
+        (tmp / "README.md").write_text(model_card(record))
     return model
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -101,10 +102,14 @@ def clear_previous_run(out: Path) -> None:
 
 
 def rng_state(noise_gen: torch.Generator) -> dict:
+    """Every random stream, as tensors and plain Python values only, so it loads with
+    ``torch.load(weights_only=True)``: numpy's state tuple holds an ndarray, stored as a tensor."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": np.random.get_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "python": random.getstate(),
         "noise": noise_gen.get_state(),
     }
@@ -114,9 +119,28 @@ def set_rng_state(state: dict, noise_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        numpy = (numpy["name"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                 numpy["cached_gaussian"])
+    np.random.set_state(numpy)
     random.setstate(state["python"])
     noise_gen.set_state(state["noise"])
+
+
+def load_state(path: Path, trust_pickles: bool = False):
+    """``torch.load`` of a checkpoint file, refusing anything but tensors and plain values.
+
+    A checkpoint folder may come from someone else; a pickle in it could run code on resume
+    (issue 17), so only ``trust_pickles`` (``trust_checkpoint_pickles=true``) lifts the restriction.
+    """
+    try:
+        return torch.load(path, weights_only=not trust_pickles, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise InstructSDError(
+            f"'{path}' holds Python objects beyond tensors and plain values, which could run code when loaded; "
+            f"nothing was loaded. If you wrote this checkpoint yourself (an older instructsd stored numpy's RNG "
+            f"state this way) and trust it, resume with trust_checkpoint_pickles=true") from err
 
 
 def data_position(cfg, epoch: int, position: int) -> dict:
@@ -181,7 +205,8 @@ def save(out: Path, step: int, *, accelerator, unet, optimizer, lr_scheduler, em
     return final
 
 
-def load(folder: Path, *, accelerator, unet, optimizer, lr_scheduler, ema, noise_gen, lora: bool) -> dict:
+def load(folder: Path, *, accelerator, unet, optimizer, lr_scheduler, ema, noise_gen, lora: bool,
+         trust_pickles: bool = False) -> dict:
     """Restore a checkpoint into the freshly built parts; returns its ``state.json``."""
     state = json.loads((folder / "state.json").read_text())
     if state["num_processes"] != accelerator.num_processes:
@@ -193,12 +218,16 @@ def load(folder: Path, *, accelerator, unet, optimizer, lr_scheduler, ema, noise
     missing, unexpected = model.load_state_dict(load_file(str(folder / "unet.safetensors")), strict=False)
     if unexpected or (missing and not lora):
         raise InstructSDError(f"checkpoint '{folder}' does not fit this model (lora_rank or base_model changed?)")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    lr_scheduler.load_state_dict(torch.load(folder / "lr_scheduler.pt", weights_only=False))
+    # Every file is read before any is applied, so a refused file leaves the fresh parts untouched.
+    rng_file = folder / f"rng-rank{accelerator.process_index}.pt"
+    optimizer_state, scheduler_state, rng = (load_state(folder / name, trust_pickles)
+                                             for name in ("optimizer.pt", "lr_scheduler.pt", rng_file.name))
+    ema_state = load_state(folder / "ema.pt", trust_pickles) if ema is not None and (folder / "ema.pt").is_file() else None
+    optimizer.load_state_dict(optimizer_state)
+    lr_scheduler.load_state_dict(scheduler_state)
     if ema is not None:
         if not (folder / "ema.pt").is_file():
             raise InstructSDError(f"checkpoint '{folder}' has no EMA; resume with use_ema=false or start fresh")
-        ema.load_state_dict(torch.load(folder / "ema.pt", weights_only=False))
-    rng_file = folder / f"rng-rank{accelerator.process_index}.pt"
-    set_rng_state(torch.load(rng_file, weights_only=False), noise_gen)
+        ema.load_state_dict(ema_state)
+    set_rng_state(rng, noise_gen)
     return state

@@ -107,6 +107,7 @@ class TrainConfig:
     keep_last: int = opt(2, "Keep only the newest K checkpoints (0 = keep all).")
     resume: str = opt("", "Continue from 'latest' (the newest checkpoint in output_dir/checkpoints; there must be one), 'auto' (the newest if any, else start fresh) or a checkpoint folder; empty = start fresh.")
     overwrite: bool = opt(False, "Start fresh even if output_dir holds another run, replacing that run's files (a shared cache/ is kept); without it such a start is refused.")
+    trust_checkpoint_pickles: bool = opt(False, "Resume from a checkpoint whose files hold pickled Python objects (older instructsd); a pickle can run code, so only for checkpoints you wrote yourself.")
     validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
     validation: ValidationSettings = opt(ValidationSettings(), "How in-training validation edits: the edit function's sampling settings (as `instructsd edit`).")
     report_to: Optional[Literal["tensorboard", "wandb", "all", "none"]] = opt(None, "Trackers that also get the loss, learning rate, gradient norm, validation metrics and grids (losses.jsonl and validation.jsonl are always written): tensorboard (output_dir/tensorboard), wandb, all, none; null = tensorboard when installed.")

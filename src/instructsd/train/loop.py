@@ -6,9 +6,8 @@ ranks start identical; only data order, noise and dropout are offset by rank. Th
 is a pure function of (seed, epoch) and every random stream is checkpointed, so a resumed run
 continues with exactly the losses the uninterrupted run would have had.
 
-What differs between pixels, cached latents and streamed shards is decided once, in setup: the
-batch source (train/batches.py) and the encoder (train/encoders.py). The per-batch loop is the
-same for all three (issue 13, item 4).
+Pixels, cached latents or streamed shards are chosen once, in setup (the batch source in
+train/batches.py, the encoder in train/encoders.py); the per-batch loop is the same for all three.
 """
 
 from __future__ import annotations
@@ -212,7 +211,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
     run = Run(last_saved=resumed)
     if resumed is not None:
         state = checkpoint.load(resumed, accelerator=accelerator, unet=unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                ema=ema, noise_gen=noise_gen, lora=lora)
+                                ema=ema, noise_gen=noise_gen, lora=lora, trust_pickles=cfg.trust_checkpoint_pickles)
         checkpoint.check_data_position(state, cfg, resumed)
         run = Run(step=state["step"], epoch=state["epoch"], position=state["position"], log=state["log"],
                   bad_rows=set(state["bad_rows"]), last_saved=resumed)
