@@ -62,3 +62,23 @@ def photo_folder(tmp_path_factory):
     for i in range(4):
         photo(i).save(folder / f"photo{i}.png")
     return folder
+
+
+def _pairs(root, photos: int, size: int, val_fraction: float):
+    from instructsd.data.build import build_dataset
+
+    build_dataset([(f"p{i}", photo(i, (40, 32))) for i in range(photos)], root, size=size, crops_per_image=1,
+                  val_fraction=val_fraction, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pairs_32px(tmp_path_factory):
+    """3 photos, one 32 px crop each (one photo held out): for the hub-layout (factor-8) models. Read-only."""
+    return _pairs(tmp_path_factory.mktemp("pairs32") / "pairs", 3, 32, 0.34)
+
+
+@pytest.fixture(scope="session")
+def pairs_24px(tmp_path_factory):
+    """4 photos, one 24 px crop each (one photo held out): for the tiny models. Read-only."""
+    return _pairs(tmp_path_factory.mktemp("pairs24") / "pairs", 4, 24, 0.25)

@@ -23,7 +23,6 @@ from safetensors.torch import save_file
 from conftest import photo
 from instructsd.cli import run
 from instructsd.config import load_config
-from instructsd.data.build import build_dataset
 from instructsd.models.hub_layout import SCHEDULER_CONFIGS, unet_config
 from instructsd.train.config import TrainConfig
 from instructsd.train.loop import train
@@ -84,11 +83,8 @@ def test_init_hub_cli_writes_the_layout(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("hub-data") / "pairs"
-    build_dataset([(f"p{i}", photo(i, (40, 32))) for i in range(3)], out, size=32, crops_per_image=1, val_fraction=0.34,
-                  progress=False)
-    return out
+def dataset(pairs_32px) -> Path:
+    return pairs_32px
 
 
 def _train(base: str, data: Path, out: Path, *extra: str):

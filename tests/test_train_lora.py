@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from instructsd.cli import run
 from instructsd.config import load_config
-from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.models.lora import load_adapter
 from instructsd.models.surgery import ensure_instruct_unet
@@ -28,11 +27,8 @@ LORA = ("lora_rank=4", "lora_alpha=8")
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("lora-data") / "pairs"
-    build_dataset([(f"p{i}", photo(i, (40, 32))) for i in range(3)], out, size=32, crops_per_image=1, val_fraction=0.34,
-                  progress=False)
-    return out
+def dataset(pairs_32px) -> Path:
+    return pairs_32px
 
 
 def _cfg(model: str, data: Path, out: Path, *extra: str) -> TrainConfig:

@@ -14,14 +14,12 @@ from safetensors.torch import load_file
 
 from instructsd.cli import run
 from instructsd.config import load_config
-from instructsd.data.build import build_dataset
 from instructsd.errors import InstructSDError
 from instructsd.train.config import TrainConfig
 from instructsd.train.loop import train
 from instructsd.train.batches import StreamingPairs
 from instructsd.train.streaming import open_stream
 
-from conftest import photo
 
 
 @pytest.fixture(autouse=True)
@@ -38,11 +36,8 @@ def no_shutdown_pause(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stream-data")
-    build_dataset([(f"p{i}", photo(i, (40, 32))) for i in range(4)], root / "built", size=24, crops_per_image=1,
-                  val_fraction=0.25, progress=False)
-    return root / "built"
+def built(pairs_24px) -> Path:
+    return pairs_24px
 
 
 @pytest.fixture(scope="module")
