@@ -23,6 +23,7 @@ from instructsd.data import (
     sample_images,
 )
 from instructsd.data import write as write_module
+from instructsd.data.photo_ops import apply_edits, parse_edit_params
 from instructsd.errors import InstructSDError
 
 
@@ -206,13 +207,19 @@ def test_tasks_are_deterministic_given_rng(name):
     b = task.apply(CLEAN, np.random.default_rng(7))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert all(x.dtype == np.uint8 and x.shape == CLEAN.shape for x in a)
-    if name != "cartoonize":  # the teacher ignores rng by design
+    if task.photo_op is not None:  # the input is the photo; the target is its drawn edit applied
+        inp, target, params = task.make(CLEAN, np.random.default_rng(7))
+        assert np.array_equal(inp, CLEAN) and np.array_equal(target, apply_edits(CLEAN, parse_edit_params(params)))
+    elif name != "cartoonize":  # the teacher ignores rng by design
         c = task.apply(CLEAN, np.random.default_rng(8))
         assert not np.array_equal(a[0], c[0])
 
 
 def test_task_registry():
     for task in TASKS.values():
+        if task.photo_op is not None:  # its instruction states the row's amount: canonical_row_instruction
+            assert task.instructions and len(set(task.instructions)) == len(task.instructions)
+            continue
         assert len(task.instructions) >= 5
         assert len(set(task.instructions)) == len(task.instructions)
         assert task.canonical == task.instructions[0]
@@ -331,8 +338,8 @@ def test_build_dataset_failure_leaves_no_partial_folder(tmp_path, monkeypatch):
 
 
 def test_build_dataset_bad_arguments(tmp_path):
-    with pytest.raises(InstructSDError, match="unknown task 'sepia'"):
-        build_dataset(SOURCES, tmp_path / "x", **KW, tasks=("sepia",))
+    with pytest.raises(InstructSDError, match="unknown task 'colorize'"):
+        build_dataset(SOURCES, tmp_path / "x", **KW, tasks=("colorize",))
     with pytest.raises(InstructSDError, match="unique.*alpha"):
         build_dataset([SOURCES[0], SOURCES[0]], tmp_path / "x", **KW)
     assert not (tmp_path / "x").exists()
@@ -367,7 +374,7 @@ def test_sample_images_are_bundled_rgb_photos(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     samples = sample_images()
     names = [name for name, _ in samples]
-    assert 12 <= len(samples) <= 16
+    assert 15 <= len(samples) <= 20  # scikit-image's 15 and the extended set's colour photos
     assert names == sorted(names) and len(set(names)) == len(names)
     assert "astronaut" in names and "horse" not in names
     assert all(im.mode == "RGB" and min(im.size) >= 128 for _, im in samples)

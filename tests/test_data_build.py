@@ -66,7 +66,7 @@ def test_task_registry_draws_from_the_degradation_catalogue():
         inp, target = get_task(name).apply(clean, np.random.default_rng(1))
         assert np.array_equal(inp, degrade(clean, [spec], np.random.default_rng(1))[0]), name
         assert np.array_equal(target, clean)
-    assert all((t.degradation is None) != (t.teacher is None) for t in TASKS.values())
+    assert all(sum(x is not None for x in (t.degradation, t.teacher, t.photo_op)) == 1 for t in TASKS.values())
 
 
 def test_folder_builds_skip_bad_photos_and_shard_like_mixtures(tmp_path, capsys):
@@ -125,7 +125,7 @@ def test_in_memory_photos_fingerprint_their_pixels(tmp_path, monkeypatch):
 def test_legacy_scheme_is_for_built_in_tasks_on_one_source():
     from instructsd.data.mixture import parse_mixture
 
-    with pytest.raises(InstructSDError, match="seed_scheme legacy takes only built-in tasks"):
+    with pytest.raises(InstructSDError, match="seed_scheme legacy takes only the built-in tasks"):
         parse_mixture({"seed_scheme": "legacy", "components": [{"source": {"samples": True}, "degradations": ["blur"]}]})
     with pytest.raises(InstructSDError, match="split must be one of hash, permutation"):
         parse_mixture({"split": "random", "components": [{"source": {"samples": True}, "task": "denoise"}]})

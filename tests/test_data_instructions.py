@@ -71,6 +71,8 @@ def test_compound_instructions_follow_the_order_of_application():
 
 def test_tasks_take_their_instructions_from_the_banks():
     for name, task in TASKS.items():
+        if task.photo_op is not None:  # amount-stating templates: tests/test_photo_ops.py, test_data_photo_tasks.py
+            continue
         bank = get_bank(name)
         assert task.canonical == bank.canonical
         assert set(task.instructions) == set(bank.train)

@@ -167,11 +167,11 @@ def test_post_column_layouts(photos, tmp_path):
                components=[{"task": "cartoonize", "source": {"folder": str(photos)}, "teacher": "cartoonizer"}])
     ds = build_mixture(parse_mixture(mix), tmp_path / "a", progress=False)
     assert ds["train"].column_names == ["original_image", "edit_prompt", "cartoonized_image", "task", "source",
-                                         "group", "part"]
+                                         "group", "part", "edit_params"]
     mix["columns"] = {"edit_prompt": "instruction", "edited_image": "ground_truth_image"}
     ds = build_mixture(parse_mixture(mix), tmp_path / "b", progress=False)
     assert ds["train"].column_names == ["input_image", "instruction", "ground_truth_image", "task", "source",
-                                         "group", "part"]
+                                         "group", "part", "edit_params"]
 
 
 def test_weights_split_a_total(photos):
@@ -209,7 +209,7 @@ def test_corrupt_and_small_images_are_skipped_and_recorded(photos, tmp_path):
     ({"source": {"folder": "/nope/photos"}, "task": "denoise"}, "does not exist"),
     ({"paired": {"layout": "hdr", "root": "."}}, "unknown paired layout 'hdr'; choose from: reds"),
     ({"source": {"samples": True}, "degradations": ["fog"]}, "unknown degradation 'fog'"),
-    ({"source": {"samples": True}, "task": "sharpen"}, "built-in task"),
+    ({"source": {"samples": True}, "task": "colorize"}, "built-in task"),
     ({"source": {"samples": True}, "task": "cartoonize", "teacher": "nosuchmodule:fn"}, "cannot import teacher"),
     ({"source": {"samples": True}, "task": "cartoonize", "teacher": {"onnx": "/nope.onnx"}}, "does not exist"),
     ({"source": {"samples": True}, "task": "denoise", "count": 2, "weight": 1}, "not both"),

@@ -27,6 +27,8 @@ def data_build(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Skip photos whose header declares more pixels, before decoding (a mixture sets its own)."),
     num_proc: int = typer.Option(1, help="Worker processes; the result does not depend on it."),
     shard: str = typer.Option("0/1", help="I/N: build only chunks c with c mod N == I into OUT (a parts folder); combine with `instructsd data join`."),
+    holdout: Optional[str] = typer.Option(None, help="Comma-separated photo names (groups) held out for validation, instead of --val-fraction's draw."),
+    inverse: float = typer.Option(0.0, help="Share of rows of invertible photo operations made as inverse pairs (edited photo, opposite instruction, original)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only after the new dataset is complete)."),
 ) -> None:
@@ -47,14 +49,17 @@ def data_build(
         data = build_mixture(mixture, out, num_proc=num_proc, shard=part, overwrite=overwrite, progress=progress)
     else:
         from instructsd.data.card import SAMPLES_LICENSE
-        from instructsd.data.samples import sample_images
+        from instructsd.data.samples import GROUPS, sample_images
 
         command = (f"instructsd data build {out}{f' --images {images}' if images else ''} --tasks {tasks} --size {size} "
-                   f"--crops-per-image {crops_per_image} --val-fraction {val_fraction} --seed {seed}")
+                   f"--crops-per-image {crops_per_image} --val-fraction {val_fraction} --seed {seed}"
+                   + (f" --holdout {holdout}" if holdout else "") + (f" --inverse {inverse:g}" if inverse else ""))
         data = build_dataset(images if images else sample_images(), out, tasks=tuple(split_csv(tasks)), size=size,
                              crops_per_image=crops_per_image, val_fraction=val_fraction, seed=seed, min_size=min_size,
                              max_pixels=max_pixels, num_proc=num_proc, shard=part, overwrite=overwrite,
-                             progress=progress, source_licenses=None if images else [SAMPLES_LICENSE], command=command)
+                             progress=progress, source_licenses=None if images else [SAMPLES_LICENSE], command=command,
+                             groups=None if images else GROUPS, holdout=split_csv(holdout) if holdout else (),
+                             inverse=inverse)
     if data is None:
         typer.echo(f"wrote shard {shard} parts to {out}; join all shards with `instructsd data join OUT PARTS...`")
         return
@@ -119,7 +124,16 @@ def data_tasks() -> None:
     """List the built-in edit tasks and their instructions."""
     from instructsd.data.tasks import TASKS
 
+    from instructsd.data.photo_ops import OPS
+
     for task in TASKS.values():
+        if task.photo_op is not None:  # hundreds of wordings: `data instructions OP` prints them
+            op = OPS.get(task.photo_op)
+            amounts = (f", {op.amount} in {', '.join(f'{lv.value:g}' for lv in op.levels)}"
+                       + (" (either way)" if op.signed else "")) if op and op.amount else ""
+            typer.echo(f"{task.name} (photo operation{amounts}{', colour photos only' if task.needs_colour else ''}"
+                       f"{', invertible' if task.invertible else ''}): e.g. {task.canonical}")
+            continue
         spec = task.degradation
         ranges = "".join(f", {k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in spec.ranges.items()) if spec else ""
         made = f"teacher {task.teacher}" if task.teacher else f"degradation {spec.name}{ranges or ', default ranges'}"
@@ -138,7 +152,21 @@ def data_instructions(
     import numpy as np
 
     from instructsd.data.instructions import COMPOUND_SEP, canonical_instruction, format_bank, sample_instruction
+    from instructsd.data.photo_ops import OPS
 
+    if task in OPS:  # templates with amount slots, and a few filled in
+        from instructsd.data.photo_instructions import get_op_bank, instruction_for_edit
+        from instructsd.data.photo_ops import sample_edit
+
+        bank, rng = get_op_bank(task), np.random.default_rng(seed)
+        typer.echo(f"{task}  (canonical template: {bank.canonical})")
+        typer.echo(f"train templates ({len(bank.train)}):\n" + "\n".join(f"  - {t}" for t in bank.train))
+        typer.echo(f"held_out templates ({len(bank.held_out)}):\n" + "\n".join(f"  - {t}" for t in bank.held_out))
+        typer.echo("filled in:")
+        for _ in range(samples):
+            params = sample_edit(task, rng)
+            typer.echo(f"  - {instruction_for_edit(task, params, rng)}   edit_params {params}")
+        return
     if COMPOUND_SEP not in task:
         typer.echo(format_bank(task))
         return

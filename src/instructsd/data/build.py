@@ -21,7 +21,7 @@ from PIL import Image
 from instructsd.data.images import DEFAULT_MAX_PIXELS, find_images
 from instructsd.data.mixture import parse_mixture
 from instructsd.data.sources import MemorySource
-from instructsd.data.tasks import get_task
+from instructsd.data.tasks import get_task, is_photo_task
 from instructsd.data.write import build_mixture
 from instructsd.errors import InstructSDError
 
@@ -45,6 +45,9 @@ def build_dataset(
     shard: tuple[int, int] = (0, 1),
     source_licenses: Sequence[Mapping[str, str]] | None = None,
     command: str | None = None,
+    groups: Mapping[str, str] | None = None,
+    holdout: Sequence[str] = (),
+    inverse: float = 0.0,
 ) -> datasets.DatasetDict | None:
     """Make ``crops_per_image`` pairs per photo and task and save them with train/validation splits.
 
@@ -67,6 +70,14 @@ def build_dataset(
         num_proc, shard: worker processes and ``(I, N)`` sharding, as for ``build_mixture``.
         source_licenses: ``[{"source": ..., "license": ...}]`` of the photos, for the card.
         command: the command that rebuilds this dataset, for the card (the CLI passes itself).
+        groups: ``{photo name: group}`` for photos that are one scene (default: each its own);
+            the split keeps a group together.
+        holdout: groups held out for validation by name, instead of the ``val_fraction`` draw.
+        inverse: share of rows of invertible photo operations made as inverse pairs.
+
+    Seeds: when every task predates the photo operations, the rows are the older
+    ``seed_scheme: legacy`` ones (the shipped tiny base was built so); with a photo operation
+    among the tasks the mixture scheme is used. The split rule is the same either way.
 
     Returns:
         The saved dataset, or ``None`` for a shard (its parts folder is the result).
@@ -81,11 +92,15 @@ def build_dataset(
         source: object = {"folder": str(images)}
         n_images = len(find_images(images))  # raises for a missing or empty folder
     else:
-        source, n_images = MemorySource(images, max_pixels), len(images)
+        source, n_images = MemorySource(images, max_pixels, groups=groups), len(images)
+    photo = any(is_photo_task(t) for t in task_names)
+    extra = {"inverse": inverse} if inverse else {}
     mixture = parse_mixture({
         "seed": seed, "size": size, "val_fraction": val_fraction, "min_size": min_size, "max_pixels": max_pixels,
-        "seed_scheme": "legacy", "split": "permutation", "instructions": "sampled",
-        "components": [{"task": t, "source": source, "count": n_images * crops_per_image} for t in task_names],
+        "seed_scheme": "mixture" if photo else "legacy", "split": "permutation", "instructions": "sampled",
+        **({"holdout": list(holdout)} if holdout else {}),
+        "components": [{"task": t, "source": source, "count": n_images * crops_per_image,
+                        **(extra if get_task(t).invertible else {})} for t in task_names],
     }, where="build_dataset")
     command = command or (f"instructsd.data.build_dataset(images, out, tasks={task_names!r}, size={size}, "
                           f"crops_per_image={crops_per_image}, val_fraction={val_fraction}, seed={seed})")

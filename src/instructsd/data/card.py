@@ -18,8 +18,10 @@ from PIL import Image, ImageDraw, ImageFont
 from instructsd.data.degradations import DEGRADATIONS, GROUPS
 from instructsd.data.mixture import DEFAULT_COLUMNS, ROW_KEYS
 
-SAMPLES_LICENSE = {"source": "scikit-image's bundled sample photos (skimage/data)",
-                   "license": "CC0 or public domain, per photo, as scikit-image documents each one"}
+SAMPLES_LICENSE = {"source": "bundled sample photos (scikit-image's skimage/data; scikit-learn's datasets/images)",
+                   "license": "scikit-image's: CC0 or public domain, per photo, as scikit-image documents each one; "
+                              "scikit-learn's china.jpg and flower.jpg: CC BY 2.0, by Flickr users danielbuechele "
+                              "and vultilion (credit them when sharing)"}
 UNKNOWN_LICENSE = "unknown to instructsd: state it here before you share the dataset"
 MIXTURE_COMMAND = "instructsd data build OUT --mixture mixture.yaml (mixture.yaml is saved beside this card)"
 _GRID_EXAMPLES = 4  # (input | edited) pairs per task row in samples.png

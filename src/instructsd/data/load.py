@@ -26,13 +26,15 @@ import datasets
 from instructsd.errors import InstructSDError
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-COLUMNS: tuple[str, ...] = ("input_image", "edit_prompt", "edited_image", "task", "source", "group", "part")
+COLUMNS: tuple[str, ...] = ("input_image", "edit_prompt", "edited_image", "task", "source", "group", "part",
+                            "edit_params")
 """The one schema instructsd's builder writes, in order (a mixture's ``columns`` may rename the first
 three): images, instruction, the row's task, its source photo, its group (photo, scene or sequence:
-what the split keeps together) and the official part of a paired dataset ("" for photos)."""
+what the split keeps together), the official part of a paired dataset ("" for photos) and, for a
+photo operation, its parameters as JSON (``{"op": "exposure", "ev": 1.0}``; "" for other tasks)."""
 SPLITS: tuple[str, ...] = ("train", "validation")
 """Splits every built dataset has; paired datasets with official test parts add ``test``."""
-_REQUIRED = COLUMNS[:5]  # datasets built before issue 12 have no group/part columns
+_REQUIRED = COLUMNS[:5]  # datasets built before issue 12 have no group/part columns, before 15 no edit_params
 _BUILD_HINT = "build one with `instructsd data build`, or save a DatasetDict with train/validation splits (save_to_disk)"
 
 

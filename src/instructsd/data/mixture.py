@@ -26,10 +26,18 @@ such components and how many pairs each contributes::
 
 Component kinds: ``degradations`` (synthetic: clean source photo -> degraded input, clean
 target), ``teacher`` (photo -> teacher's output), ``paired`` (input and target files), or a
-built-in ``task`` of :data:`instructsd.data.tasks.TASKS` (its registered degradation or
-teacher) applied to ``source`` photos.
+built-in ``task`` of :data:`instructsd.data.tasks.TASKS` (its registered degradation, teacher
+or photo operation) applied to ``source`` photos. A photo-operation component (``task: exposure``,
+``task: photo_compound``, ...) records each row's parameters in ``edit_params``, skips grayscale
+photos for operations that only change colour, and takes ``inverse: FRACTION``: that share of
+its rows (for invertible operations) is the edited photo with the opposite instruction, the
+original as target, kept only where the inverse restores the original (clipping loses some).
 Sources: ``{folder: DIR}``, ``{dataset: ID_OR_PATH, split, column, streaming, limit}``,
 ``{samples: true}``.
+
+``holdout: [GROUP, ...]`` puts exactly those groups (photos; a stereo pair or a scene is one group)
+in validation instead of a ``val_fraction`` draw, so held-out photos can be named, the same ones for
+a base model and every fine-tuning of it.
 
 Splits (issue 12): a paired dataset's official parts are kept -- its test (and validation)
 pairs become the ``test`` (``validation``) split, one centre crop each (``test_count`` caps
@@ -41,7 +49,8 @@ official ``part``.
 Instruction policy: ``fixed`` writes the canonical instruction, ``sampled`` one paraphrase
 per row drawn at build time from the train banks, ``deferred`` writes ``""`` and leaves
 the choice to the trainer, which samples a paraphrase for the row's ``task`` each time it
-uses the row (the post's "sample paraphrases on the fly" open question).
+uses the row (the post's "sample paraphrases on the fly" open question). Photo operations state
+the row's amount, so they take ``fixed`` (the canonical template with that amount) or ``sampled``.
 
 Reproducibility (``seed_scheme: mixture``, the default): a component uses its source images
 in a seeded order (a seeded subset when ``count`` is smaller than the source); item ``j``
@@ -82,9 +91,9 @@ SEED_SCHEMES = ("mixture", "legacy")
 SPLIT_RULES = ("hash", "permutation")
 DEFAULT_COLUMNS = dict(zip(("input_image", "edit_prompt", "edited_image"), COLUMNS[:3]))
 _TOP_KEYS = {"seed", "size", "val_fraction", "min_size", "max_pixels", "chunk_size", "instructions",
-             "columns", "total", "components", "seed_scheme", "split"}
+             "columns", "total", "components", "seed_scheme", "split", "holdout"}
 _COMPONENT_KEYS = {"name", "task", "source", "paired", "teacher", "degradations", "count",
-                   "weight", "test_count"}
+                   "weight", "test_count", "inverse"}
 _PAIRED_KEYS = {"layout", "root", "input", "target", "pair", "unmatched"}
 ROW_KEYS = COLUMNS[3:]
 """Columns every mixture row has besides the three named by ``columns``: task, source, group, part."""
@@ -99,7 +108,7 @@ class Component:
     task: str
     """Task name written to the ``task`` column (compound for composed degradations)."""
     kind: str
-    """``synthetic`` | ``teacher`` | ``paired`` (a built-in task is one of the first two)."""
+    """``synthetic`` | ``teacher`` | ``photo`` | ``paired`` (a built-in task is one of the first three)."""
     source: object = None
     """A source mapping (``{folder: DIR}`` ...) or, from Python, a source object (in-memory photos)."""
     paired: Mapping | None = None
@@ -110,6 +119,8 @@ class Component:
     weight: float | None = None
     test_count: int | None = None
     """At most this many pairs from the official test and validation parts (default: all)."""
+    inverse: float = 0.0
+    """Photo operations: share of rows made as inverse pairs (edited photo, opposite instruction, original)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,8 @@ class Mixture:
     """``hash`` (by group, per component) | ``permutation`` (build_dataset's rule, by photo)."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Source images whose header declares more pixels are skipped before decoding."""
+    holdout: tuple[str, ...] = ()
+    """Groups put in validation by name (instead of a ``val_fraction`` draw)."""
     raw: Mapping = field(default_factory=dict, compare=False)
     """The mapping it was parsed from (written next to the dataset)."""
 
@@ -176,8 +189,17 @@ def parse_mixture(data: Mapping, where: str = "mixture") -> Mixture:
     _need(scheme in SEED_SCHEMES, where, f"seed_scheme must be one of {', '.join(SEED_SCHEMES)}, got {scheme!r}")
     _need(split in SPLIT_RULES, where, f"split must be one of {', '.join(SPLIT_RULES)}, got {split!r}")
     if scheme == "legacy":  # build_dataset's scheme knows built-in tasks on one photo source, nothing else
-        _need(all(set(c) <= {"task", "source", "count", "name"} and c.get("task") in TASKS for c in comps), where,
-              "seed_scheme legacy takes only built-in tasks ({task, source, count}); use the default seed_scheme")
+        _need(all(set(c) <= {"task", "source", "count", "name"} and c.get("task") in TASKS
+                  and TASKS[c["task"]].photo_op is None for c in comps), where,
+              "seed_scheme legacy takes only the built-in tasks that predate photo operations ({task, source, count}); "
+              "use the default seed_scheme")
+    if policy == "deferred":
+        photo = [c.name for c in parsed if c.kind == "photo"]
+        _need(not photo, where, f"instructions: deferred cannot word photo operations (components {photo}): their "
+              "instruction states each row's amount; use sampled or fixed")
+    holdout = data.get("holdout") or []
+    _need(isinstance(holdout, list) and all(isinstance(h, str) for h in holdout), where,
+          f"holdout must be a list of group (photo) names, got {holdout!r}")
     max_pixels = data.get("max_pixels", DEFAULT_MAX_PIXELS)
     _need(isinstance(max_pixels, int) and max_pixels > 0, where, f"max_pixels must be a positive integer, got {max_pixels!r}")
     min_size = data.get("min_size")
@@ -185,7 +207,7 @@ def parse_mixture(data: Mapping, where: str = "mixture") -> Mixture:
           f"min_size must be a positive integer, got {min_size!r}")
     return Mixture(components=parsed, seed=int(data.get("seed", 0)), size=size, val_fraction=float(vf),
                    min_size=min_size, chunk_size=chunk, instructions=policy, columns=columns, total=total,
-                   seed_scheme=scheme, split=split, max_pixels=max_pixels, raw=dict(data))
+                   seed_scheme=scheme, split=split, max_pixels=max_pixels, holdout=tuple(holdout), raw=dict(data))
 
 
 def _parse_component(c: Mapping, where: str) -> Component:
@@ -238,7 +260,14 @@ def _parse_component(c: Mapping, where: str) -> Component:
               f"give 'degradations', 'paired', 'teacher', or a built-in task ({', '.join(TASKS)}) with a 'source'")
         builtin = TASKS[task]
         kind, specs = ("teacher", ()) if builtin.teacher else ("synthetic", (builtin.degradation,))
-    split_task(task)  # every task needs an instruction bank
+        if builtin.photo_op is not None:
+            kind, specs = "photo", ()
+    inverse = c.get("inverse", 0.0)
+    _need(isinstance(inverse, (int, float)) and 0 <= inverse <= 1, where, f"inverse must be in [0, 1], got {inverse!r}")
+    _need(not inverse or (kind == "photo" and TASKS[task].invertible), where,
+          f"inverse pairs need an invertible photo operation, not {task!r}")
+    if kind != "photo":
+        split_task(task)  # every task needs an instruction bank (a photo op's is checked by the registry)
     if "source" in c:
         src = c["source"]
         _need(not isinstance(src, Mapping) or len({"folder", "dataset", "samples"} & set(src)) == 1,
@@ -248,7 +277,7 @@ def _parse_component(c: Mapping, where: str) -> Component:
     teacher = c.get("teacher", TASKS[task].teacher if kind == "teacher" and task in TASKS else None)
     return Component(name=str(c.get("name", task)), task=task, kind=kind, source=c.get("source"),
                      paired=c.get("paired"), teacher=teacher, degradations=specs,
-                     count=count, weight=weight, test_count=test_count)
+                     count=count, weight=weight, test_count=test_count, inverse=float(inverse))
 
 
 def _paired_keys(paired: Mapping) -> tuple[Mapping | None, dict]:

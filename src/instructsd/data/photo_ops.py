@@ -416,6 +416,17 @@ OPS: dict[str, PhotoOp] = {op.name: op for op in (
 """Every photo operation by name. Gamma's levels are < 1 for the positive (brighter) way."""
 
 
+COLOUR_OPS = frozenset({"saturation", "vibrance", "hue", "black_and_white"})
+"""Ops that leave a grayscale image unchanged (a builder skips grayscale photos for them: the pair
+would teach "do nothing" under an instruction that asks for a change)."""
+
+
+def is_grayscale(rgb: np.ndarray, tolerance: int = 2) -> bool:
+    """Whether every pixel's channels agree within ``tolerance`` levels (a gray photo stored as RGB)."""
+    rgb = as_rgb(rgb).astype(np.int16)
+    return int(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).max(initial=0)) <= tolerance
+
+
 def get_op(name: str) -> PhotoOp:
     """The op called ``name``; an unknown name lists the known ones."""
     if name not in OPS:

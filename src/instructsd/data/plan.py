@@ -156,9 +156,11 @@ def make_plan(mixture: Mixture) -> Plan:
         plan.n_train.append(count)
         plan.used.append(used)
         plan.held.append(held)
-        if mixture.split == "permutation":
-            held_out = split_sources([names[k] for k in train], fraction, mixture.seed)
-            plan.val.append({k for k in train if names[k] in held_out})
+        if mixture.holdout:  # named groups, whatever the split rule
+            plan.val.append({k for k in train if groups[k] in mixture.holdout} if fraction else set())
+        elif mixture.split == "permutation":  # by group (a photo is its own, a stereo pair is one)
+            held_out = split_sources(list(dict.fromkeys(groups[k] for k in train)), fraction, mixture.seed)
+            plan.val.append({k for k in train if groups[k] in held_out})
         else:
             plan.val.append(_val_indices([groups[k] for k in used], used, fraction, mixture.seed))
         plan.splits.append(splits)
@@ -166,6 +168,10 @@ def make_plan(mixture: Mixture) -> Plan:
         plan.parts.append(list(getattr(source, "parts", [""] * n)))
         plan.skipped += [{"component": comp.name, "source": key, "reason": f"unmatched: {why}"}
                          for key, why in getattr(source, "skipped", [])]
+    unknown = set(mixture.holdout) - {g for groups in plan.groups for g in groups}
+    if unknown:
+        raise InstructSDError(f"holdout names {sorted(unknown)} match no source's group (photo); groups are the "
+                              "photo names, or a paired dataset's scenes: check the spelling")
     return plan
 
 

@@ -28,10 +28,11 @@ import numpy as np
 from PIL import Image
 
 from instructsd.data.degradations import degrade
-from instructsd.data.instructions import canonical_instruction, sample_instruction
 from instructsd.data.mixture import Component, Mixture
+from instructsd.data.photo_ops import edit_params_json, is_grayscale, sample_edit
+from instructsd.data.photo_pairs import inverse_pair
 from instructsd.data.plan import Plan, open_source
-from instructsd.data.tasks import get_task, task_index
+from instructsd.data.tasks import canonical_row_instruction, get_task, row_instruction, task_index
 from instructsd.data.teachers import load_teacher
 
 CROP_SCALE = (0.5, 1.0)  # random crops: side as a fraction of the short side
@@ -110,6 +111,7 @@ def make_rows(plan: Plan, indices: range) -> tuple[list[tuple[str, dict]], list[
         row["source"] = prefix + name
         row["group"] = prefix + plan.groups[ci][k]
         row["part"] = plan.parts[ci][k]
+        row["edit_params"] = row.pop("edit_params")  # the schema's order: COLUMNS
         rows.append((plan.split(ci, k), row))
     return rows, skipped
 
@@ -131,6 +133,7 @@ def _make_row(mix: Mixture, ci: int, comp: Component, teacher, img, k: int, c: i
     else:
         rng = np.random.default_rng([mix.seed, ci, k, c])
         box = crop_box(w, h, c, np.random.default_rng([mix.seed, ci, k, c, _CROP_STREAM]))
+    params = ""  # a photo operation's edit_params
     if comp.kind == "paired":
         inp_im, target_im = img
         if inp_im.size != target_im.size:
@@ -142,16 +145,34 @@ def _make_row(mix: Mixture, ci: int, comp: Component, teacher, img, k: int, c: i
         if comp.kind == "synthetic":
             inp, _, _ = degrade(clean, comp.degradations, rng)
             target = clean
+        elif comp.kind == "photo":
+            inp, target, params = _photo_pair(comp, clean, rng)
         else:
             inp, target = clean, teacher(clean, rng)
+    prompt_rng = np.random.default_rng([mix.seed, ci, k, c, _PROMPT_STREAM])
     if mix.instructions == "fixed":
-        prompt = canonical_instruction(comp.task)
+        prompt = canonical_row_instruction(comp.task, params)
     elif mix.instructions == "deferred":
         prompt = ""  # the trainer samples a paraphrase of `task` at use time
     elif mix.seed_scheme == "legacy":
         prompt = drawn
     else:  # its own stream, so the instruction does not shift the degradation's draws
-        prompt = sample_instruction(comp.task, np.random.default_rng([mix.seed, ci, k, c, _PROMPT_STREAM]))
+        prompt = row_instruction(comp.task, params, prompt_rng)
     cols = mix.columns
     return {cols["input_image"]: _png(inp), cols["edit_prompt"]: prompt,
-            cols["edited_image"]: _png(target), "task": comp.task}
+            cols["edited_image"]: _png(target), "task": comp.task, "edit_params": params}
+
+
+def _photo_pair(comp: Component, clean: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, str]:
+    """(input, target, edit_params) of a photo operation: the op on the photo or, for the component's
+    ``inverse`` share, the inverse pair (edited photo, the opposite edit, the photo)."""
+    task = get_task(comp.task)
+    if task.needs_colour and is_grayscale(clean):
+        raise _Skip(f"grayscale photo: {comp.task} changes only colour, the pair would show no edit")
+    if comp.inverse and rng.uniform() < comp.inverse:
+        params = sample_edit(task.photo_op, rng)
+        pair = inverse_pair(task.photo_op, clean, params)
+        if pair is not None:  # else the clipped original cannot be restored: a plain pair instead
+            edited, inverse = pair
+            return edited, clean.copy(), edit_params_json(inverse)
+    return task.make(clean, rng)

@@ -66,15 +66,17 @@ class FolderSource:
 
 @dataclass
 class SampleSource:
-    """The photos that ship with scikit-image (see :mod:`instructsd.data.samples`)."""
+    """The photos that ship with scikit-image and scikit-learn (see :mod:`instructsd.data.samples`)."""
 
     def __post_init__(self) -> None:
-        from instructsd.data.samples import SAMPLE_FILES
+        from instructsd.data.samples import GROUPS, sample_paths
 
-        self.names = [Path(f).stem for f in SAMPLE_FILES]
+        # sample_images' order (sorted by name), so name k is the photo load(k) returns
+        self.names = sorted(p.stem for p in sample_paths())
+        self.groups = [GROUPS.get(n, n) for n in self.names]
 
     def describe(self) -> str:
-        return f"scikit-image sample photos ({len(self.names)})"
+        return f"bundled sample photos ({len(self.names)})"
 
     def load(self, k: int) -> Image.Image:
         return _sample_photos()[k]
@@ -91,8 +93,11 @@ class MemorySource:
     and the parts of another set of photos are never reused.
     """
 
-    def __init__(self, images: Sequence[tuple[str, Image.Image]], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(self, images: Sequence[tuple[str, Image.Image]], max_pixels: int = DEFAULT_MAX_PIXELS,
+                 groups: Mapping[str, str] | None = None) -> None:
         self.names = [str(name) for name, _ in images]
+        # A photo is its own group unless ``groups`` says otherwise (a stereo pair's two halves are one).
+        self.groups = [str((groups or {}).get(name, name)) for name in self.names]
         self.images = [im for _, im in images]
         self.max_pixels = max_pixels
         digest = hashlib.sha256()

@@ -57,7 +57,7 @@ def features(mixture: Mixture) -> datasets.Features:
         cols["input_image"]: datasets.Image(),
         cols["edit_prompt"]: datasets.Value("string"),
         cols["edited_image"]: datasets.Image(),
-        **{key: datasets.Value("string") for key in ROW_KEYS},  # task, source, group, part
+        **{key: datasets.Value("string") for key in ROW_KEYS},  # task, source, group, part, edit_params
     })
 
 

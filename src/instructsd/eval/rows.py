@@ -26,8 +26,9 @@ import numpy as np
 from datasets import Dataset
 from PIL import Image
 
-from instructsd.data.instructions import canonical_instruction, sample_instruction
 from instructsd.data.load import Columns
+from instructsd.data.photo_ops import get_op, parse_edit_params
+from instructsd.data.tasks import canonical_row_instruction, row_instruction
 from instructsd.edit.editor import fit_size
 from instructsd.errors import InstructSDError
 
@@ -57,9 +58,31 @@ TASK_ADJECTIVES: dict[str, tuple[str, str]] = {
     "jpeg": ("blocky, JPEG-compressed", "artifact-free"),
     "whitebalance": ("colour-cast, tinted", "neutral, white-balanced"),
 }
+# Photo operations (issue 15): the output caption follows the edit's direction, read from the row's
+# edit_params: (caption after the positive edit, after the negative one); one-way ops have one.
+PHOTO_CAPTIONS: dict[str, tuple[str, str]] = {
+    "exposure": ("a bright, overexposed photo", "a dark, underexposed photo"),
+    "contrast": ("a high-contrast photo", "a flat, low-contrast photo"),
+    "saturation": ("a vivid, saturated photo", "a muted, desaturated photo"),
+    "vibrance": ("a vibrant photo", "a muted photo"),
+    "temperature": ("a warm, amber-toned photo", "a cool, blue-toned photo"),
+    "tint": ("a magenta-tinted photo", "a green-tinted photo"),
+    "highlights": ("a photo with bright highlights", "a photo with subdued highlights"),
+    "shadows": ("a photo with lifted shadows", "a photo with deep shadows"),
+    "black_and_white": ("a black and white photo",) * 2,
+    "sepia": ("a sepia-toned vintage photo",) * 2,
+    "vignette": ("a photo with dark vignetted corners",) * 2,
+    "grain": ("a grainy film photo",) * 2,
+    "sharpen": ("a crisp, sharpened photo",) * 2,
+    "hue": ("a photo with shifted hues",) * 2,
+    "gamma": ("a photo with bright midtones", "a photo with dark midtones"),
+    "flip": ("a mirrored photo",) * 2,
+}
 TASK_CAPTIONS: dict[str, tuple[str, str]] = {
     **{task: (f"a {before} photo", f"a {after} photo") for task, (before, after) in TASK_ADJECTIVES.items()},
     "cartoonize": ("a photo", "a cartoon with bold outlines and flat colours"),
+    **{op: ("a photo", after) for op, (after, _) in PHOTO_CAPTIONS.items()},
+    "photo_compound": ("a photo", "a retouched photo"),
 }
 
 
@@ -77,19 +100,26 @@ class Example:
     instruction: str = ""
     seed: int = 0
     photo: str | None = None  # the photo the row was cropped from: what the bootstrap resamples
+    edit_params: str = ""  # a photo operation's parameters (JSON), "" for other tasks
 
 
-def instruction_for(prompt: str | None, task: str) -> str:
+def instruction_for(prompt: str | None, task: str, edit_params: str | None = None) -> str:
     """The row's instruction; rows built with deferred instructions store "" and get the task's
     canonical one, as training does."""
-    return prompt if prompt else canonical_instruction(task)
+    return prompt if prompt else canonical_row_instruction(task, edit_params)
 
 
 def captions_for(task: str, row: Mapping | None = None) -> tuple[str | None, str | None]:
-    """(input caption, output caption): the dataset's own columns if it has them, else the task's pair."""
+    """(input caption, output caption): the dataset's own columns if it has them, else the task's pair
+    (for a photo operation, the pair of the row's direction, read from its ``edit_params``)."""
     row = row or {}
     if row.get("input_caption") and row.get("output_caption"):
         return str(row["input_caption"]), str(row["output_caption"])
+    if task in PHOTO_CAPTIONS and row.get("edit_params"):
+        edit = parse_edit_params(row["edit_params"])[0]
+        op = get_op(edit["op"])
+        negative = bool(op.signed) and op.level_of(edit)[1]
+        return "a photo", PHOTO_CAPTIONS[task][int(negative)]
     if task in TASK_CAPTIONS:
         return TASK_CAPTIONS[task]
     parts = task.split("+")
@@ -135,9 +165,10 @@ def prepare_rows(rows: Dataset, *, per_task: int | None = None, seed: int = 0, c
         if target.size != source.size:
             target = target.resize(source.size, TARGET_RESAMPLE)
         photo = raw.get(columns.group_column)
+        params = str(raw.get("edit_params") or "")
         examples.append(Example(source, target, *captions_for(task, raw), index=i, task=task,
-                                instruction=instruction_for(raw[columns.prompt_column], task), seed=seed + i,
-                                photo=None if photo is None else str(photo)))
+                                instruction=instruction_for(raw[columns.prompt_column], task, params), seed=seed + i,
+                                photo=None if photo is None else str(photo), edit_params=params))
     return examples
 
 
@@ -151,8 +182,8 @@ def paraphrases(examples: Sequence[Example], which: str, seed: int = 0) -> list[
     if which == DATASET_SET:
         return [e.instruction for e in examples]
     if which == "canonical":
-        return [canonical_instruction(e.task) for e in examples]
+        return [canonical_row_instruction(e.task, e.edit_params) for e in examples]
     if which in ("seen", "held_out"):
-        return [sample_instruction(e.task, np.random.default_rng([seed, e.index]), held_out=which == "held_out")
+        return [row_instruction(e.task, e.edit_params, np.random.default_rng([seed, e.index]), held_out=which == "held_out")
                 for e in examples]
     raise InstructSDError(f"unknown instruction set '{which}'; use one of {', '.join(INSTRUCTION_SETS)}")
