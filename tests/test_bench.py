@@ -164,6 +164,30 @@ def test_a_missing_clip_is_skipped_with_a_note_and_the_rest_still_run(tmp_path, 
     assert fp["processor"]["image_mean"] and "model.safetensors" in fp["files"]
 
 
+def test_magicbrush_clip_t_uses_each_targets_local_caption(tmp_path, tiny_model, nets) -> None:
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    clip, _ = nets
+    data = _magicbrush(tmp_path / "mb", sessions=1)
+    path = next((data / "data").glob("*.parquet"))
+    rows = datasets.load_dataset("parquet", data_files=str(path), split="train")
+    rows.add_column("local_description", CAPTIONS[:2]).to_parquet(str(path))  # as local_descriptions.json has them
+    out = tmp_path / "run"
+    run_bench("magicbrush", BenchOptions(tiny_model, str(data), out, settings=EditSettings(num_inference_steps=2, max_side=32),
+                                         clip=clip, dino="none"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["caption_column"] == "local_description" and metrics["skipped"] == ["dino"]
+    model, processor, tokenizer = (CLIPModel.from_pretrained(clip).eval(), CLIPImageProcessor.from_pretrained(clip),
+                                   AutoTokenizer.from_pretrained(clip))
+    with torch.no_grad():
+        for r, caption in zip(_rows(out), CAPTIONS[:2]):
+            image = processor(images=[Image.open(out / r["output"]).convert("RGB")], return_tensors="pt")["pixel_values"]
+            e_img = getattr(e := model.get_image_features(pixel_values=image), "pooler_output", e)[0]
+            t = tokenizer([caption], return_tensors="pt")
+            e_txt = getattr(e := model.get_text_features(**t), "pooler_output", e)[0]
+            assert r["clip_t"] == pytest.approx(float(e_img @ e_txt / e_img.norm() / e_txt.norm()), abs=1e-5)
+
+
 def test_a_killed_run_resumes_and_settings_changes_are_refused(tmp_path, magicbrush, tiny_model) -> None:
     out = tmp_path / "run"
     settings = EditSettings(num_inference_steps=2, max_side=32)

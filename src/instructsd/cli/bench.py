@@ -44,8 +44,18 @@ def _run(benchmark: str, **kw) -> None:
                             guidance_scale=kw.pop("guidance"), scheduler=kw.pop("scheduler"),
                             negative_prompt=kw.pop("negative_prompt"), max_side=kw.pop("resolution"))
     options = BenchOptions(settings=settings, **kw)
-    with tqdm(desc=f"{benchmark}", unit="edit") as bar:
-        result = run_bench(benchmark, options, progress=bar.update)
+    bar = None
+
+    def progress(n: int, total: int) -> None:  # the bar starts once the rows are planned
+        nonlocal bar
+        bar = bar or tqdm(desc=benchmark, unit="edit", total=total)
+        bar.update(n)
+
+    try:
+        result = run_bench(benchmark, options, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     for note in result.notes:
         typer.echo(f"note: {note}")
     typer.echo(format_summary(result.metrics))

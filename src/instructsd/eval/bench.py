@@ -37,10 +37,10 @@ import numpy as np
 from PIL import Image
 
 from instructsd.data.load import HUB_ID, load_split, open_saved
-from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
+from instructsd.edit.editor import EditSettings, default_device, edit_images, load_pipeline
 from instructsd.edit.io import save_png
 from instructsd.errors import InstructSDError
-from instructsd.eval.bench_metrics import EMU_EDIT, MAGICBRUSH, METRICS, BenchScorer
+from instructsd.eval.bench_metrics import DEFAULT_CLIP, DEFAULT_DINO, EMU_EDIT, MAGICBRUSH, METRICS, BenchScorer
 from instructsd.eval.metrics import summarize
 from instructsd.eval.provenance import machine, model_hashes, package_versions
 from instructsd.files import OUTPUT_MARKER, atomic_write_bytes, atomic_write_text, is_output_folder, mark_output_folder
@@ -234,15 +234,19 @@ def _input_image(job: Job, rows, column: str, out: Path) -> Image.Image:
 
 
 def edit_all(waves: list[list[Job]], rows, column: str, options: BenchOptions, pipe_factory: Callable,
-             progress: Callable[[int], None] | None = None) -> int:
-    """Edit every job whose output is not saved yet, wave by wave; return how many were edited."""
+             progress: Callable[[int, int], None] | None = None) -> int:
+    """Edit every job whose output is not saved yet, wave by wave; return how many were edited.
+
+    ``progress(n, total)`` is called as jobs finish (resumed ones count as finished).
+    """
+    total = sum(len(wave) for wave in waves)
     images = rows.select_columns([column])
     pipe, made = None, 0
     meta = {"model": options.model, **dataclasses.asdict(options.settings)}
     for wave in waves:
         todo = [job for job in wave if not (options.out / job.output).is_file()]
         if progress is not None and len(todo) < len(wave):
-            progress(len(wave) - len(todo))  # resumed
+            progress(len(wave) - len(todo), total)  # resumed
         for start in range(0, len(todo), options.batch_size):
             chunk = todo[start:start + options.batch_size]
             pipe = pipe or pipe_factory()
@@ -254,7 +258,7 @@ def edit_all(waves: list[list[Job]], rows, column: str, options: BenchOptions, p
                                                            "seed": job.seed, "input": job.input})
             made += len(chunk)
             if progress is not None:
-                progress(len(chunk))
+                progress(len(chunk), total)
     return made
 
 
@@ -280,7 +284,7 @@ def score_all(benchmark: str, jobs: list[Job], rows, scorer: BenchScorer, out: P
               caption_column: str | None) -> list[dict]:
     """One record per job: its identity, its input and output files, and every computed metric."""
     records = []
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: j.row):  # in the split's order, whatever order the waves edited in
         raw = rows[job.row]
         with Image.open(out / job.output) as im:
             output = im.convert("RGB")
@@ -338,10 +342,8 @@ def _write_rows(out: Path, records: list[dict]) -> None:
 # The runner
 
 
-def run_bench(benchmark: str, options: BenchOptions, progress: Callable[[int], None] | None = None) -> BenchResult:
+def run_bench(benchmark: str, options: BenchOptions, progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Edit every planned row (resuming saved outputs), score them all, write the run folder."""
-    from instructsd.eval.bench_metrics import DEFAULT_CLIP, DEFAULT_DINO
-
     if benchmark not in SCHEMAS:
         raise InstructSDError(f"unknown benchmark '{benchmark}'; use {' or '.join(SCHEMAS)}")
     rows, split = read_split(benchmark, options.dataset, options.split)
@@ -353,8 +355,6 @@ def run_bench(benchmark: str, options: BenchOptions, progress: Callable[[int], N
     model_sha = model_hashes(options.model)
     record = _run_record(benchmark, options, split, model_sha)
     open_out(options.out, record, options.overwrite)
-
-    from instructsd.edit.editor import default_device
 
     device = options.device or default_device()
     column = "source_img" if benchmark == MAGICBRUSH else "image"

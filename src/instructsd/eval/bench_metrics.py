@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from instructsd.errors import InstructSDError
 from instructsd.eval.metrics import l1, l2
 from instructsd.eval.provenance import WEIGHT_SUFFIXES, model_hashes
 from instructsd.eval.suite import ClipEmbedder, DinoEmbedder, disabled
@@ -200,7 +201,8 @@ class BenchScorer:
             scores["clip_i"] = float(e_out @ self.clip.images([target])[0])
             if self.captions:
                 if not caption:
-                    raise ValueError("a row has an empty local caption; CLIP-T needs one for every row")
+                    raise InstructSDError("a row has an empty local caption; CLIP-T needs one for every row "
+                                          "(fill the caption column, or pass --caption-column none)")
                 scores["clip_t"] = float(e_out @ self.clip.texts([caption])[0])
         if self.dino is not None:
             scores["dino"] = float(self._dino(output) @ self._dino(target))
