@@ -12,13 +12,14 @@ import warnings
 
 import typer
 
-from instructsd.cli import compare, config, data, demo, edit, evaluate, experiment, model, quickstart, train
+from instructsd.cli import bench, compare, config, data, demo, edit, evaluate, experiment, model, quickstart, train
 from instructsd.errors import InstructSDError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Instruction-tune Stable Diffusion to follow image edits.")
 app.add_typer(data.app, name="data")
 app.add_typer(model.app, name="model")
 app.add_typer(config.app, name="config")
+app.add_typer(bench.app, name="bench")
 app.command("train")(train.train_cmd)
 app.command("edit")(edit.edit_cmd)
 app.command("demo")(demo.demo_cmd)
