@@ -13,7 +13,7 @@ from instructsd.cli import run
 from instructsd.config import from_dict, load_config
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import TINY_BASE_ALIAS, tiny_base_path, tiny_base_record
-from instructsd.recipes.pretrain_tiny import PretrainConfig, check_subset, pretrain_tiny, train_config
+from instructsd.recipes.pretrain_tiny import PretrainConfig, check_subset, pretrain_tiny, recipe_from_record, train_config
 from instructsd.recipes.quickstart import scratch_start
 from instructsd.train.config import TrainConfig
 
@@ -55,7 +55,7 @@ def test_shipped_base_loads_in_stock_diffusers_and_reproduces_its_card(tmp_path)
     size = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
     assert size <= 20 * 2**20, f"shipped base is {size / 2**20:.1f} MB; the budget is 20 MB"
     record = tiny_base_record()
-    cfg = from_dict(PretrainConfig, record["config"])
+    cfg = recipe_from_record(record["config"])
 
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(base, safety_checker=None, requires_safety_checker=False)
     again = check_subset(cfg, pipe, tmp_path / "check-data", record["settings"])["metrics"]

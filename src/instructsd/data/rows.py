@@ -107,7 +107,9 @@ def make_rows(plan: Plan, indices: range) -> tuple[list[tuple[str, dict]], list[
         except _Skip as why:
             skipped.append({**record, "reason": str(why)})
             continue
-        prefix = "" if legacy else f"{comp.name}/"  # legacy: the photo's own name, as build_dataset wrote it
+        # build_dataset's rows (legacy, or its permutation split: one photo source for every task) carry the
+        # photo's own name, so one photo is one cluster across tasks; a mixture's components may share names.
+        prefix = "" if legacy or mix.split == "permutation" else f"{comp.name}/"
         row["source"] = prefix + name
         row["group"] = prefix + plan.groups[ci][k]
         row["part"] = plan.parts[ci][k]

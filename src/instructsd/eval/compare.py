@@ -24,7 +24,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from instructsd.data.load import Columns, load_split
 from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.errors import InstructSDError
+from instructsd.eval.following import following_tasks, instruction_following
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
 from instructsd.eval.report import GROUND_TRUTH, write_report
@@ -121,7 +122,7 @@ def score_outputs(method: str, outputs: Sequence[Image.Image], rows: Sequence[Ex
     texts = [r.instruction for r in rows] if texts is None else texts
     scored = []
     for k, (r, image, text) in enumerate(zip(rows, outputs, texts)):
-        scored.append({"index": r.index, "task": r.task, "source": r.photo, "method": method,
+        scored.append({"index": r.index, "task": r.task, "source": r.photo, "photo": r.photo, "method": method,
                        "instruction_set": instruction_set, "image_guidance": scale, "instruction": text, "seed": r.seed,
                        **({"image": paths[k]} if paths is not None else {}), **suite.score(image, r, key=r.index)})
     return scored
@@ -164,6 +165,8 @@ def run_compare(
     progress: bool = True,
     columns: Columns = Columns(),
     embed_images: bool = False,
+    following: int = 24,
+    lead: str | Callable[[list[dict]], str] | None = None,
 ) -> CompareResult:
     """Edit and score every model (plus identity, ground truth and an optional teacher model).
 
@@ -178,6 +181,9 @@ def run_compare(
     dataset: a saved folder, parquet shards or a hub id (see ``instructsd.data.load``).
     embed_images: put the example grids into report.html itself (a page that travels alone, as
     `instructsd eval` writes it) rather than linking the run folder's images.
+    following: held-out inputs for the instruction-following confusion matrix (issue 15,
+    :mod:`instructsd.eval.following`), run when the split has two or more photo-operation tasks; 0 skips it.
+    lead: the report's opening sentence, or a function of the summary rows that writes it.
     """
     out = Path(out)
     if not models and teacher is None:
@@ -222,6 +228,8 @@ def run_compare(
         sweep = ()
     sets = [s for s in instruction_sets if s != DATASET_SET]
     gen_rows: list[dict] = []
+    follow: list[dict] = []
+    follow_tasks = following_tasks(rows) if following else []
     bar = tqdm(total=len(methods) * (1 + len(sets) + len(sweep)), desc="compare", disable=not progress, dynamic_ncols=True)
     for label, source in methods.items():
         pipe = (pipes or {}).get(label) or load_pipeline(source, device=device)
@@ -248,6 +256,9 @@ def run_compare(
             sweep_points.append({"method": label, "image_guidance": float(scale), "n": len(pts),
                                  **mean_scores(pts, ("clip_image", "clip_dir", "clip_t", "psnr"))})
             bar.update(1)
+        if len(follow_tasks) >= 2:
+            follow.append(instruction_following(pipe, rows, settings, tasks=follow_tasks, seed=seed, max_inputs=following,
+                                                batch_size=batch_size, label=label))
         del pipe
     bar.close()
 
@@ -271,7 +282,8 @@ def run_compare(
            "metric_models": suite.sources, "seeds": seeds_info, "provenance": prov, "metrics": keys,
            "notes": all_notes, "summary": summary, "per_image": per_image, "sweep": sweep_points,
            "generalization": generalization, "generalization_per_image": [r for r in gen_rows if r["instruction_set"] != DATASET_SET],
-           "sweep_per_image": sweep_rows, "curves": curves or {}}
+           "sweep_per_image": sweep_rows, "curves": curves or {},
+           **({"following": follow} if follow else {})}
     atomic_write_bytes(out / "metrics.json", json.dumps(doc, indent=2, default=str).encode())
     _write_csv(out / "metrics.csv", per_image + doc["generalization_per_image"] + sweep_rows)
 
@@ -279,7 +291,8 @@ def run_compare(
     report = write_report(out / "report.html", title=title, summary=summary, keys=keys, examples=examples,
                           methods=[IDENTITY, GROUND_TRUTH, *methods], sweep=sweep_points,
                           generalization=generalization, notes=all_notes, config=run_config,
-                          seeds=seeds_info, provenance=prov, curves=curves)
+                          seeds=seeds_info, provenance=prov, curves=curves, following=follow,
+                          lead=lead(summary) if callable(lead) else lead)
     return CompareResult(out, report, summary, per_image, sweep_points, generalization, all_notes)
 
 

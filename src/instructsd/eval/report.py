@@ -55,6 +55,7 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; }
 img.cell { width: 128px; height: auto; }
 .plots svg { margin: 0 1em 1em 0; }
 details { margin: 0.5em 0 1.5em; }
+p.lead { font-size: 1.15em; font-weight: 600; max-width: 60em; }
 """
 
 
@@ -203,6 +204,28 @@ def _generalization_section(rows: list[dict], keys: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _following_section(results: list[dict]) -> str:
+    """One confusion matrix per model: rows the task asked for, columns the task its output is closest to."""
+    results = [r for r in results if r]
+    if not results:
+        return ""
+    parts = ["<h2>Instruction following</h2><p>Each held-out input is edited once per photo-operation task; an output "
+             "counts as the task whose exact ground truth (for this input and the instructed amount) it is closest to, "
+             "or as identity when the input itself is closer. Accuracy: share recognised as the task asked for, "
+             "95% interval bootstrapped over photos.</p>"]
+    for r in results:
+        cands = r["candidates"]
+        parts.append(f"<h3>{_e(r['label'])}: {r['accuracy']:.0%} "
+                     f'<span class="ci">[{r["accuracy_lo"]:.0%}, {r["accuracy_hi"]:.0%}], {r["n"]} edits, '
+                     f"{r['n_photos']} photos</span></h3>")
+        head = "".join(f"<th>{_e(c)}</th>" for c in cands)
+        body = "".join(f"<tr><th>{_e(asked)}</th>" + "".join(
+            f'<td class="num{" best" if c == asked else ""}">{counts[c]}</td>' for c in cands)
+            + f'<td class="num">{r["per_task_accuracy"][asked]:.0%}</td></tr>' for asked, counts in r["matrix"].items())
+        parts.append(f"<table><tr><th>asked \\ recognised</th>{head}<th>accuracy</th></tr>{body}</table>")
+    return "\n".join(parts)
+
+
 def _plain(value: Any) -> Any:
     """The value as YAML-safe builtins: dataclasses and mappings to dicts, paths and the rest to str."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -250,6 +273,8 @@ def write_report(
     config: Mapping[str, Any] | None = None,
     seeds: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    following: Sequence[dict] = (),
+    lead: str | None = None,
 ) -> Path:
     """Write a self-contained HTML report and return its path.
 
@@ -262,6 +287,8 @@ def write_report(
     sweep / generalization: `compare`'s sweep points and generalisation rows. curves: {metric:
         {series: [(step, value)]}}. loss_curve: (step, loss) pairs; non-finite losses are skipped.
     notes: lines shown under the title. config, seeds, provenance: dumped as YAML at the end.
+    following: instruction-following results (:func:`instructsd.eval.following.instruction_following`),
+        one confusion matrix each. lead: one sentence saying what was shown, above everything else.
     """
     out = Path(path)
     if out.suffix.lower() != ".html":
@@ -269,15 +296,17 @@ def write_report(
     keys = list(keys) if keys is not None else (_metric_keys(summary[0]) if summary else [])
     methods = list(methods) if methods is not None else list(dict.fromkeys(r["method"] for r in summary))
     sections = [f"<h1>{_e(title)}</h1>"]
+    if lead:
+        sections.append(f'<p class="lead">{_e(lead)}</p>')
     if notes:
         sections.append("<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
     # Two tables, so neither is too wide to read: fidelity to the ground truth, then edit strength
     # and instruction following (CLIP metrics that compare with the input and the captions).
     fidelity = [k for k in keys if k in VS_GROUND_TRUTH]
-    following = [k for k in keys if k not in VS_GROUND_TRUTH]
+    edit_keys = [k for k in keys if k not in VS_GROUND_TRUTH]
     if not summary or not keys:
         sections.append(_metrics_section([]))
-    for heading, subset in (("Fidelity to the ground truth", fidelity), ("Edit and instruction following", following)):
+    for heading, subset in (("Fidelity to the ground truth", fidelity), ("Edit and instruction following", edit_keys)):
         if subset and summary:
             rows = [{**{k: r[k] for k in ("task", "method", "n", "n_groups") if k in r},
                      **{f"{k}{s}": r[f"{k}{s}"] for k in subset for s in ("", "_lo", "_hi")}} for r in summary]
@@ -299,6 +328,7 @@ def write_report(
         sections.append("<h2>Image-guidance sweep</h2><p>Each point is one image-guidance scale (label), averaged over "
                         "every compared image; text guidance fixed.</p>" + sweep_svg(list(sweep), methods))
     sections.append(_generalization_section(list(generalization), keys))
+    sections.append(_following_section(list(following)))
     sections.append(_grids_section(examples or {}))
     sections.append(_reproduce_section(config, seeds, provenance))
     page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

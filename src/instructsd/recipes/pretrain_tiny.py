@@ -47,6 +47,7 @@ from instructsd.eval.suite import MetricSuite
 from instructsd.files import atomic_dir, atomic_write_text
 from instructsd.models.autoencoder import fit_autoencoder
 from instructsd.models.identity_init import identity_init
+from instructsd.models.loading import resolve_model
 from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
 from instructsd.train.config import TrainConfig, ValidationSettings
 from instructsd.train.loop import train
@@ -81,6 +82,9 @@ class PretrainConfig:
     unet_channels: tuple[int, ...] = opt((32, 64, 64), "UNet width per resolution level.")
     unet_norm_groups: Optional[int] = opt(1, "GroupNorm groups in the UNet (null: min(32, first width)); identity init needs 1.")
     identity_init: bool = opt(True, 'Start the UNet as "return the input image" (models/identity_init.py).')
+    init_from: Optional[str] = opt(None, "Continue pre-training from this base (folder or 'instructsd/tiny-base'): its UNet, "
+                                   "autoencoder, text encoder and tokenizer; the size and width keys must match it. "
+                                   "null: fresh components (autoencoder fitted, UNet identity-initialised).")
     vae_channels: tuple[int, ...] = opt((32,), "Autoencoder width per level; one level = factor 1 (latents at pixel resolution).")
     text_dim: int = opt(64, "Width of the CLIP text encoder and of the UNet's cross-attention.")
     vae_steps: int = opt(1500, "Autoencoder fitting steps.")
@@ -137,6 +141,8 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     stats_file = out / "autoencoder.json"
     if stats_file.exists():
         return json.loads(stats_file.read_text())
+    if cfg.init_from:
+        return _continue_from(cfg.init_from, out, stats_file, cfg.train.get("prediction_type") or "epsilon")
     spec = TinySpec(unet_channels=tuple(cfg.unet_channels), vae_channels=tuple(cfg.vae_channels),
                     unet_norm_groups=cfg.unet_norm_groups,
                     text_dim=cfg.text_dim, sample_size=cfg.size)
@@ -154,6 +160,26 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     scheduler.register_to_config(prediction_type=cfg.train.get("prediction_type") or "epsilon")
     save_pipeline(out, unet, vae, text_encoder, tokenizer, scheduler, overwrite=True)
     shutil.rmtree(tok_dir, ignore_errors=True)
+    atomic_write_text(stats_file, json.dumps(stats, indent=2, default=float))
+    return stats
+
+
+def _continue_from(base: str, out: Path, stats_file: Path, prediction_type: str) -> dict:
+    """Copy ``base`` as the starting model (its card and record stay behind), with a training scheduler."""
+    source = Path(resolve_model(base))
+    if not (source / "model_index.json").is_file():
+        raise InstructSDError(f"init_from '{base}' is not a model folder (no model_index.json)")
+    record = json.loads((source / "pretrain.json").read_text()) if (source / "pretrain.json").is_file() else {}
+    with atomic_dir(out, overwrite=True) as tmp:
+        for part in ("unet", "vae", "text_encoder", "tokenizer", "model_index.json"):
+            (shutil.copytree if (source / part).is_dir() else shutil.copy2)(source / part, tmp / part)
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")  # the base ships its sampler
+        scheduler.register_to_config(prediction_type=prediction_type)
+        scheduler.save_pretrained(tmp / "scheduler")
+        index = json.loads((tmp / "model_index.json").read_text())
+        index["scheduler"] = ["diffusers", "DDPMScheduler"]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    stats = {**record.get("autoencoder", {}), "continued_from": str(base)}
     atomic_write_text(stats_file, json.dumps(stats, indent=2, default=float))
     return stats
 
