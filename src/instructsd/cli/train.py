@@ -41,6 +41,9 @@ def train_cmd(
     result = train(cfg, stop_at=stop_at)
     if not main_process:
         return
+    if result.skipped_images:
+        typer.echo(f"skipped {result.skipped_images} training row(s) whose images failed to decode; "
+                   f"see {result.final_dir.parent / 'skipped_rows.jsonl'}", err=True)
     if stop_at is not None and (not result.losses or result.losses[-1][0] < cfg.max_train_steps):
         typer.echo(f"stopped at step {result.losses[-1][0] if result.losses else 0}; continue with resume=latest")
         return

@@ -7,6 +7,10 @@ handled here once, and every unreadable file becomes an :class:`InstructSDError`
 
 from __future__ import annotations
 
+import contextlib
+import struct
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,29 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 DEFAULT_MAX_PIXELS = 50_000_000
 """Builders skip larger source images (~ 8660 x 5770: a 48 MP phone photo still fits), checked
 from the header before anything is decoded, so a small file declaring 169 MP costs nothing."""
+
+# What decoding a stored image can raise (datasets' Image feature opens and loads cells with Pillow):
+# malformed data in its many forms, and a decompression bomb -- an error above twice Pillow's
+# MAX_IMAGE_PIXELS, and a warning above it, made an error by :func:`refuse_bombs` (issue 17:
+# a bomb row crashed `train`, a corrupt row crashed `eval`).
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError, Image.DecompressionBombWarning,
+)
+
+
+@contextlib.contextmanager
+def refuse_bombs() -> Iterator[None]:
+    """Within: an image over Pillow's ``MAX_IMAGE_PIXELS`` raises instead of being decoded anyway
+    (~0.3 GB per image). The warning filter is process-wide, so call it from one thread only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def decode_reason(err: BaseException) -> str:
+    """A decode failure as one short line for a skipped-rows record."""
+    return f"{type(err).__name__}: {err}".replace("\n", " ")[:300]
+
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _REPLACE_HINT = "remove it or replace it with a valid image"

@@ -13,7 +13,9 @@ A build has two stages:
    dataset card (``README.md``), ``samples.png``, ``skipped.jsonl`` and ``mixture.yaml``.
 
 A single-machine build keeps its parts in ``<out>.parts`` next to ``<out>`` and removes
-them once joined. Every row depends only on the seed and its item index (see
+them once joined. Folders are removed by renaming them to a hidden sibling first, and a build
+starts by clearing what a killed build left (a half-written ``.<out>.tmp-*``, a half-removed
+folder): a kill at any moment never blocks a rerun or ``--overwrite`` (issue 17). Every row depends only on the seed and its item index (see
 :mod:`instructsd.data.rows`), so the result is the same for any ``num_proc``, any
 chunk order and any sharding.
 """
@@ -25,6 +27,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +47,7 @@ from instructsd.errors import InstructSDError
 from instructsd.files import atomic_write_text
 
 PLAN_FILE = "plan.json"
+CHUNK_ROWS = "rows.json"  # a chunk's row count per split, written with it: how a complete chunk is told apart
 
 
 class NothingBuilt(InstructSDError):
@@ -114,6 +118,9 @@ def build_mixture(
         raise InstructSDError(f"num_proc must be at least 1, got {num_proc}")
     out_dir = Path(out_dir).absolute()
     sharded = shard[1] > 1
+    clear_debris(out_dir)
+    if not sharded:
+        clear_debris(out_dir.with_name(out_dir.name + ".parts"))
     if not sharded and out_dir.exists():
         _check_replaceable(out_dir, overwrite=overwrite)  # before any work, not after it
     plan = make_plan(mixture)
@@ -121,7 +128,7 @@ def build_mixture(
     _open_parts(parts, plan, shard, overwrite=overwrite,
                 card_info={"command": command, "licenses": list(source_licenses or []) or None})
     todo = [c for c in range(plan.n_chunks) if c % shard[1] == shard[0]
-            and not (parts / "chunks" / _chunk_name(c)).is_dir()]
+            and not chunk_complete(parts / "chunks" / _chunk_name(c))]
     bar = tqdm(total=len(todo), desc="building chunks", unit="chunk", disable=not progress)
     try:
         if num_proc == 1 or len(todo) <= 1:
@@ -143,9 +150,9 @@ def build_mixture(
     try:
         dataset = join_parts([parts], out_dir, overwrite=overwrite, progress=progress)
     except NothingBuilt:
-        shutil.rmtree(parts, ignore_errors=True)  # a rerun would skip the same images: nothing to resume
+        remove_tree(parts)  # a rerun would skip the same images: nothing to resume
         raise
-    shutil.rmtree(parts, ignore_errors=True)
+    remove_tree(parts)
     return dataset
 
 
@@ -167,9 +174,10 @@ def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: b
     plan_file = parts / PLAN_FILE
     if parts.exists():
         if not plan_file.is_file():
-            if any(parts.iterdir()):
+            if not _only_chunks(parts):
                 raise InstructSDError(f"'{parts}' exists and is not an instructsd parts folder; "
                                       "choose another output folder")
+            remove_tree(parts)  # chunks whose plan a kill removed: nothing can tell what they were made from
         else:
             old = json.loads(plan_file.read_text())
             if old["fingerprint"] != meta["fingerprint"]:
@@ -178,10 +186,11 @@ def _open_parts(parts: Path, plan: Plan, shard: tuple[int, int], *, overwrite: b
                         f"'{parts}' holds chunks of a different mixture or different source files; "
                         "delete it, or pass --overwrite to start over"
                     )
-                shutil.rmtree(parts)
+                remove_tree(parts)
     (parts / "chunks").mkdir(parents=True, exist_ok=True)
-    for stale in (parts / "chunks").glob(".*.tmp-*"):  # a chunk a killed build was writing
-        shutil.rmtree(stale, ignore_errors=True)
+    for chunk in (parts / "chunks").iterdir():
+        if chunk.name.startswith(".") or not chunk_complete(chunk):  # a chunk a kill cut short, writing or removing it
+            remove_tree(chunk)
     atomic_write_text(plan_file, json.dumps(meta, indent=1))
 
 
@@ -199,6 +208,8 @@ def write_chunk(plan: Plan, c: int, parts: Path) -> None:
             if data:  # an empty split is no folder: datasets cannot reload a 0-row save
                 datasets.Dataset.from_list(data, features=feats).save_to_disk(str(tmp / split))
         (tmp / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+        counts = {split: sum(1 for s, _ in rows if s == split) for split in SPLIT_NAMES}
+        (tmp / CHUNK_ROWS).write_text(json.dumps(counts))
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -220,6 +231,7 @@ def join_parts(
             when no chunk holds a row.
     """
     out_dir = Path(out_dir).absolute()
+    clear_debris(out_dir)
     if out_dir.exists():
         _check_replaceable(out_dir, overwrite=overwrite)
     if not parts_dirs:
@@ -231,7 +243,7 @@ def join_parts(
                                   "written by `instructsd data build --shard I/N`")
         metas.append(json.loads((d / PLAN_FILE).read_text()))
         for chunk in (d / "chunks").iterdir():
-            if chunk.is_dir() and not chunk.name.startswith("."):
+            if not chunk.name.startswith(".") and chunk_complete(chunk):
                 chunks.setdefault(int(chunk.name), chunk)
     if len({m["fingerprint"] for m in metas}) > 1:
         raise InstructSDError("the parts folders come from different mixtures or sources; "
@@ -276,6 +288,70 @@ def join_parts(
 
     save_atomically(write, out_dir, overwrite=overwrite)
     return datasets.load_from_disk(str(out_dir))
+
+
+# --- a kill's debris -----------------------------------------------------------------------
+
+
+def chunk_complete(chunk: Path) -> bool:
+    """Whether ``chunk`` holds every split its ``rows.json`` names, each with all its data files.
+
+    A chunk is renamed into place whole, but a kill while a folder holding it was deleted can
+    leave it in part; such a chunk is made again. (Chunks written before ``rows.json`` existed
+    count as complete when their ``skipped.jsonl``, written last, is there.)
+    """
+    if not chunk.is_dir() or not (chunk / "skipped.jsonl").is_file():
+        return False
+    if not (chunk / CHUNK_ROWS).is_file():
+        return True
+    try:
+        counts = json.loads((chunk / CHUNK_ROWS).read_text())
+        for split, n in counts.items():
+            if n:
+                state = json.loads((chunk / split / "state.json").read_text())
+                if not all((chunk / split / f["filename"]).is_file() for f in state["_data_files"]):
+                    return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _only_chunks(parts: Path) -> bool:
+    """Whether ``parts`` holds nothing but chunk folders (a parts folder whose plan.json is gone)."""
+    chunk = re.compile(r"^(\d{6}|\.\d{6}\.(tmp|trash)-[0-9a-f]+)$")
+    entries = list(parts.iterdir())
+    return all(e.name == "chunks" and e.is_dir() and all(chunk.match(c.name) for c in e.iterdir()) for e in entries)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder so that no kill leaves it half-deleted under its own name: it is renamed to
+    a hidden sibling first (atomic), which a later build clears (:func:`clear_debris`)."""
+    if not path.exists():
+        return
+    trash = path.with_name(f".{path.name}.trash-{uuid.uuid4().hex[:8]}")
+    path.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clear_debris(folder: Path) -> None:
+    """Clear what killed builds left beside ``folder``: hidden ``.<name>.tmp-*`` (a dataset or
+    parts being written), ``.trash-*`` (being deleted) and ``.old-*`` (being replaced) siblings.
+
+    An ``.old-*`` with no ``folder`` is the dataset an ``--overwrite`` had moved aside when the
+    kill came: it is put back, so the rerun finds what was there before.
+    """
+    folder = Path(os.path.abspath(folder))
+    if not folder.parent.is_dir():
+        return
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.(tmp|old|trash)-[0-9a-f]{{8}}$")
+    for debris in sorted(folder.parent.iterdir()):
+        kind = pattern.match(debris.name)
+        if not kind or not debris.is_dir():
+            continue
+        if kind.group(1) == "old" and not folder.exists():
+            debris.rename(folder)
+        else:
+            shutil.rmtree(debris, ignore_errors=True)
 
 
 # --- atomic save --------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from instructsd.eval.following import following_tasks, instruction_following
 from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
 from instructsd.eval.report import GROUND_TRUTH, write_report
-from instructsd.eval.rows import DATASET_SET, INSTRUCTION_SETS, Example, paraphrases, prepare_rows
+from instructsd.eval.rows import DATASET_SET, INSTRUCTION_SETS, SKIPPED_ROWS, Example, check_rows, paraphrases, prepare_rows, skipped_note
 from instructsd.eval.suite import MetricSuite, mean_scores
 from instructsd.files import atomic_write_bytes
 
@@ -57,6 +57,7 @@ class CompareResult:
     sweep: list[dict] = field(default_factory=list)
     generalization: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # rows whose images failed to decode: {index, reason}
 
 
 # ----------------------------------------------------------------------------
@@ -196,11 +197,11 @@ def run_compare(
     if teacher is not None:
         methods = {TEACHER: str(teacher), **methods}
     suite = suite or MetricSuite.load(None, None, None)
+    skipped: list[dict] = []
     rows = prepare_rows(load_split(dataset, split, columns), per_task=per_task, seed=seed, columns=columns,
-                        max_side=settings.max_side)
-    if not rows:
-        raise InstructSDError(f"dataset '{dataset}' split '{split}' has no rows to compare on")
-    all_notes = [*notes, *suite.notes]
+                        max_side=settings.max_side, skipped=skipped)
+    check_rows(rows, skipped, dataset, split)
+    all_notes = [*notes, *suite.notes, *([skipped_note(skipped)] if skipped else [])]
     if suite.clip is not None and any(r.input_caption is None for r in rows):
         missing = sorted({r.task for r in rows if r.input_caption is None})
         raise InstructSDError(f"no captions for task(s) {', '.join(missing)}: add input_caption/output_caption columns "
@@ -284,7 +285,8 @@ def run_compare(
            "generalization": generalization, "generalization_per_image": [r for r in gen_rows if r["instruction_set"] != DATASET_SET],
            "sweep_per_image": sweep_rows, "curves": curves or {},
            **({"following": follow} if follow else {})}
-    atomic_write_bytes(out / "metrics.json", json.dumps(doc, indent=2, default=str).encode())
+    atomic_write_bytes(out / "metrics.json", json.dumps({**doc, "skipped_rows": skipped}, indent=2, default=str).encode())
+    atomic_write_bytes(out / SKIPPED_ROWS, "".join(json.dumps(r) + "\n" for r in skipped).encode())
     _write_csv(out / "metrics.csv", per_image + doc["generalization_per_image"] + sweep_rows)
 
     examples = _grid_rows(rows, outputs, examples_per_task, embed_images)
@@ -293,7 +295,7 @@ def run_compare(
                           generalization=generalization, notes=all_notes, config=run_config,
                           seeds=seeds_info, provenance=prov, curves=curves, following=follow,
                           lead=lead(summary) if callable(lead) else lead)
-    return CompareResult(out, report, summary, per_image, sweep_points, generalization, all_notes)
+    return CompareResult(out, report, summary, per_image, sweep_points, generalization, all_notes, skipped)
 
 
 def format_table(summary: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> str:

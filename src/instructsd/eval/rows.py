@@ -26,6 +26,7 @@ import numpy as np
 from datasets import Dataset
 from PIL import Image
 
+from instructsd.data.images import DECODE_ERRORS, decode_reason, refuse_bombs
 from instructsd.data.load import Columns
 from instructsd.data.photo_ops import get_op, parse_edit_params
 from instructsd.data.tasks import canonical_row_instruction, row_instruction
@@ -150,18 +151,29 @@ def select_per_task(rows: Dataset, per_task: int | None, task_column: str = "tas
 
 
 def prepare_rows(rows: Dataset, *, per_task: int | None = None, seed: int = 0, columns: Columns = Columns(),
-                 max_side: int | None = None) -> list[Example]:
+                 max_side: int | None = None, skipped: list[dict] | None = None) -> list[Example]:
     """The examples every scorer edits and scores, by the rules in this module's docstring.
 
     ``columns`` names the dataset's columns (TrainConfig's ``*_column`` keys); ``max_side`` is the
-    edit settings' own, so sources are the size the edit comes back at.
+    edit settings' own, so sources are the size the edit comes back at. A row whose images fail to
+    decode (corrupt, empty, a decompression bomb) is left out; ``skipped`` gets its
+    ``{"index", "reason"}`` (issue 17: one such row crashed the whole evaluation).
     """
     examples = []
     for i in select_per_task(rows, per_task, columns.task_column):
-        raw = rows[i]
+        try:
+            with refuse_bombs():  # datasets decodes the row's images here
+                raw = rows[i]
+            source, target = raw[columns.input_column], raw[columns.edited_column]
+            if source is None or target is None:
+                raise ValueError("empty image cell")
+            source, target = source.convert("RGB"), target.convert("RGB")
+        except DECODE_ERRORS as err:
+            if skipped is not None:
+                skipped.append({"index": i, "reason": decode_reason(err)})
+            continue
         task = str(raw.get(columns.task_column) or NO_TASK)
-        source = fit_size(raw[columns.input_column].convert("RGB"), max_side=max_side)
-        target = raw[columns.edited_column].convert("RGB")
+        source = fit_size(source, max_side=max_side)
         if target.size != source.size:
             target = target.resize(source.size, TARGET_RESAMPLE)
         photo = raw.get(columns.group_column)
@@ -170,6 +182,26 @@ def prepare_rows(rows: Dataset, *, per_task: int | None = None, seed: int = 0, c
                                 instruction=instruction_for(raw[columns.prompt_column], task, params), seed=seed + i,
                                 photo=None if photo is None else str(photo), edit_params=params))
     return examples
+
+
+SKIPPED_ROWS = "skipped_rows.jsonl"  # beside metrics.json: the rows left out and why
+
+
+def check_rows(examples: Sequence[Example], skipped: Sequence[dict], dataset: object, split: str) -> None:
+    """Refuse to score nothing: no rows at all, or every row undecodable (named, with the first reason)."""
+    if examples:
+        return
+    if skipped:
+        first = skipped[0]
+        raise InstructSDError(f"all {len(skipped)} rows of dataset '{dataset}' split '{split}' failed to decode "
+                              f"(row {first['index']}: {first['reason']}); rebuild the dataset")
+    raise InstructSDError(f"dataset '{dataset}' split '{split}' has no rows to compare on")
+
+
+def skipped_note(skipped: Sequence[dict]) -> str:
+    """One line for the report and the terminal: how many rows were left out, and where they are listed."""
+    shown = ", ".join(str(r["index"]) for r in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+    return f"{len(skipped)} row(s) skipped because their images failed to decode (rows {shown}; see {SKIPPED_ROWS})"
 
 
 def paraphrases(examples: Sequence[Example], which: str, seed: int = 0) -> list[str]:

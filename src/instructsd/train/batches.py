@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from datasets.distributed import split_dataset_by_node
 
+from instructsd.data.images import DECODE_ERRORS, decode_reason, refuse_bombs
 from instructsd.data.load import load_split
 from instructsd.errors import InstructSDError
 from instructsd.train.data import (
@@ -112,7 +113,8 @@ class MapBatches:
         self.dataset.set_epoch(epoch)
         order = epoch_order(len(self.dataset), self.seed, epoch, self.weights)
         batches = rank_batches(order, self.batch_size, self.rank, self.world)
-        return iter(batch_loader(self.dataset, batches[skip:], self.num_workers))
+        loader = iter(batch_loader(self.dataset, batches[skip:], self.num_workers))
+        return refuse_empty_epoch(loader, epoch) if skip == 0 else loader
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -139,11 +141,14 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         src_col, tgt_col, prompt_col = self.columns
         try:
-            row = self.rows[int(index)]
+            with refuse_bombs():  # datasets decodes the row's images here
+                row = self.rows[int(index)]
+            if row[src_col] is None or row[tgt_col] is None:
+                raise ValueError("empty image cell")
             rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT])
             source, target = paired_transform(row[src_col], row[tgt_col], self.size, rng, self.flip, self.center_crop)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's decode errors
-            return {"bad": True, "index": int(index), "error": str(err)}
+        except DECODE_ERRORS as err:
+            return {"bad": True, "index": int(index), "error": decode_reason(err)}
         task = row[self.task_column] if self.task_column else None
         prompt = self.instruction(row[prompt_col], task, self.epoch, int(index))
         return {"input_pixels": source, "edited_pixels": target, "prompt": prompt, "index": int(index)}
@@ -180,14 +185,46 @@ class CachedPairDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack good samples; report the indices of those that failed to decode."""
+    """Stack good samples; report the indices of those that failed to decode, and why (``errors``)."""
     good = [s for s in samples if not s.get("bad")]
     out: dict = {"prompts": [s["prompt"] for s in good], "indices": [s["index"] for s in good],
-                 "bad": [s["index"] for s in samples if s.get("bad")]}
+                 "bad": [s["index"] for s in samples if s.get("bad")],
+                 "errors": [s.get("error", "failed to decode") for s in samples if s.get("bad")]}
     for key in ("input_pixels", "edited_pixels", "input_latents", "target_moments"):
         if good and key in good[0]:
             out[key] = torch.stack([s[key] for s in good])
     return out
+
+
+def count_skipped(bad_rows: set, batch: dict, rows: int, max_fraction: float, record: Callable[[list], None]) -> None:
+    """Count a batch's rows that failed to decode (each row once, however often it is drawn), hand the
+    new ones to ``record`` as ``(index, reason)`` (the run's skipped_rows.jsonl), and stop the run
+    when every row, or more than ``max_fraction`` of them, failed."""
+    new = [(i, why) for i, why in zip(batch["bad"], batch["errors"]) if i not in bad_rows]
+    if not new:
+        return
+    bad_rows.update(i for i, _ in new)
+    record(new)
+    if len(bad_rows) >= rows:
+        raise InstructSDError(f"every one of the {rows} training rows failed to decode (row {new[0][0]}: {new[0][1]}); "
+                              "see skipped_rows.jsonl in the run folder, and rebuild the dataset")
+    if len(bad_rows) > max_fraction * rows:
+        raise InstructSDError(
+            f"{len(bad_rows)} of {rows} training images failed to decode (rows {sorted(bad_rows)[:5]}…, "
+            f"listed in skipped_rows.jsonl), more than max_bad_fraction={max_fraction}; fix or drop them, "
+            "or raise max_bad_fraction")
+
+
+def refuse_empty_epoch(batches: Iterator[dict], epoch: int) -> Iterator[dict]:
+    """Pass ``batches`` through; at the end, refuse an epoch in which no sample decoded (the run
+    would otherwise loop over empty epochs for ever)."""
+    decoded = False
+    for batch in batches:
+        decoded = decoded or bool(batch["indices"])
+        yield batch
+    if not decoded:
+        raise InstructSDError(f"no training row of epoch {epoch} could be decoded; see skipped_rows.jsonl in the run "
+                              "folder, and rebuild the dataset")
 
 
 def batch_loader(dataset: torch.utils.data.Dataset, batches: list[list[int]], num_workers: int) -> torch.utils.data.DataLoader:
@@ -224,7 +261,8 @@ class StreamingPairs:
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
         """The batch interface: this process's batches of ``epoch`` from batch ``skip`` on."""
-        return self.batches(epoch, skip, self.agree)
+        batches = self.batches(epoch, skip, self.agree)
+        return refuse_empty_epoch(batches, epoch) if skip == 0 else batches
 
     def sample(self, row: dict, epoch: int, k: int) -> dict:
         index = k * self.world + self.rank
@@ -233,8 +271,8 @@ class StreamingPairs:
             rng = np.random.default_rng([self.seed, epoch, index, _AUGMENT])
             source, target = paired_transform(open_image(row[src_col]), open_image(row[tgt_col]), self.size, rng, self.flip,
                                               self.center_crop)
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's decode errors
-            return {"bad": True, "index": f"epoch {epoch} sample {index}", "error": str(err)}
+        except DECODE_ERRORS as err:
+            return {"bad": True, "index": f"epoch {epoch} sample {index}", "error": decode_reason(err)}
         task = row[self.task_column] if self.task_column else None
         prompt = self.instruction(row[prompt_col], task, epoch, index)
         return {"input_pixels": source, "edited_pixels": target, "prompt": prompt, "index": index}

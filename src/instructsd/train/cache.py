@@ -25,6 +25,7 @@ from datasets import Array2D, Array3D, Dataset, Features, Value, load_from_disk
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from tqdm.auto import tqdm
 
+from instructsd.data.images import DECODE_ERRORS, refuse_bombs
 from instructsd.errors import InstructSDError
 from instructsd.train.data import paired_transform
 
@@ -127,10 +128,13 @@ def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, pro
     rng = np.random.default_rng(0)  # unused by a centre crop without flip; required by the signature
     for i in tqdm(range(len(rows)), desc="cache latents", unit="row", disable=not progress, dynamic_ncols=True):
         try:
-            row = rows[i]
+            with refuse_bombs():
+                row = rows[i]
+            if row[cfg.input_column] is None or row[cfg.edited_column] is None:
+                raise ValueError("empty image cell")
             pair = paired_transform(row[cfg.input_column], row[cfg.edited_column], cfg.resolution, rng, False,
                                     center_crop=True, flipped=False)
-        except (OSError, ValueError, SyntaxError):
+        except DECODE_ERRORS:  # the row is marked bad and skipped by every run that reads the cache
             flush()
             for side in (0, 1):
                 columns[f"input_mode_{side}"].append(zeros_in)

@@ -37,7 +37,7 @@ from instructsd.models.saving import save_finetuned
 from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.train import checkpoint
 from instructsd.train.allocator import keep_freed_memory
-from instructsd.train.batches import Batches, TrainRows, read_train_rows, training_batches
+from instructsd.train.batches import Batches, TrainRows, count_skipped, read_train_rows, training_batches
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
 from instructsd.train.encoders import CachedEncoder, TextEmbeddings, VAEEncoder
@@ -103,13 +103,6 @@ class Run:
     loss_sum: float = 0.0  # over the micro-batches of the optimizer step in progress
     micro: int = 0
 
-    def count_bad(self, bad: list, rows: int, max_fraction: float) -> None:
-        self.bad_rows.update(bad)
-        if len(self.bad_rows) > max_fraction * rows:
-            raise InstructSDError(
-                f"{len(self.bad_rows)} of {rows} training images failed to decode (rows {sorted(self.bad_rows)[:5]}…), "
-                f"more than max_bad_fraction={max_fraction}; fix or drop them, or raise max_bad_fraction")
-
     def add_loss(self, gathered: torch.Tensor) -> None:
         self.loss_sum += gathered.mean().item()
         self.micro += 1
@@ -162,12 +155,6 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
     trackers = resolve_report_to(cfg.report_to)
     accelerator = _accelerator(cfg, out, trackers)
     rank = accelerator.process_index
-    if accelerator.is_main_process:
-        if resumed is None:
-            checkpoint.clear_previous_run(out)  # resolve() allowed it: empty, or overwrite=true
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    accelerator.wait_for_everyone()
     torch.manual_seed(cfg.seed)
     data = read_train_rows(cfg)
 
@@ -217,7 +204,13 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
                   bad_rows=set(state["bad_rows"]), last_saved=resumed)
 
     validation = _validation_set(cfg, components, accelerator, weight_dtype)
-    runlog = RunLog(accelerator, out, trackers, to_dict(cfg), run.log, run.step)
+    if accelerator.is_main_process:  # only now: a config that fails setup leaves the folder untouched (issue 17)
+        if resumed is None:
+            checkpoint.clear_previous_run(out)  # resolve() allowed it: empty, or overwrite=true
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    accelerator.wait_for_everyone()
+    runlog = RunLog(accelerator, out, trackers, to_dict(cfg), run.log, run.step, run.bad_rows)
     return Parts(out=out, accelerator=accelerator, components=components, unet=unet, trainable=trainable,
                  scheduler=scheduler, prediction_type=scheduler.config.prediction_type, expanded=expanded, lora=lora,
                  optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema, noise_gen=noise_gen, probs=probs,
@@ -294,7 +287,7 @@ def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | 
         while run.step < last:
             for batch in p.batches.epoch(run.epoch, run.position):
                 run.position += 1
-                run.count_bad(batch["bad"], len(p.batches), cfg.max_bad_fraction)
+                count_skipped(run.bad_rows, batch, len(p.batches), cfg.max_bad_fraction, p.runlog.skipped)
                 if not batch["indices"]:
                     continue
                 # lr: this step's rate was set when lr_scheduler stepped at the end of the previous step.

@@ -74,6 +74,9 @@ def open_image(value) -> PILImage.Image:
     if not data and not path:
         raise ValueError("empty image cell")
     image = PILImage.open(io.BytesIO(data)) if data else PILImage.open(path)
+    limit = PILImage.MAX_IMAGE_PIXELS
+    if limit and image.width * image.height > limit:  # Pillow only warns up to twice its limit, then decodes
+        raise PILImage.DecompressionBombError(f"{image.width}x{image.height} is over Pillow's {limit} pixel limit")
     image.load()  # decode now, so a broken image fails here and is counted
     return image
 

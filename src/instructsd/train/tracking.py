@@ -1,8 +1,9 @@
 """Where a run's numbers go: JSONL files in the run folder always, TensorBoard and W&B through
 accelerate's trackers when asked (``report_to``, as diffusers' training scripts spell it).
 
-``losses.jsonl`` gets one line per optimizer step (loss, learning rate, gradient norm) and
-``validation.jsonl`` one line per validation; both survive a resume: they are rewritten from the
+``losses.jsonl`` gets one line per optimizer step (loss, learning rate, gradient norm),
+``validation.jsonl`` one line per validation and ``skipped_rows.jsonl`` one line per training row
+whose images failed to decode (index and reason); all survive a resume: they are cut back to the
 checkpoint's record (atomically) and appended to after. Trackers get the same scalars and the
 validation grids, from the main process only (accelerate's ``log`` is a no-op elsewhere).
 """
@@ -20,6 +21,7 @@ from instructsd.errors import InstructSDError
 from instructsd.files import atomic_write_text
 
 TRACKERS = ("tensorboard", "wandb")
+SKIPPED_ROWS = "skipped_rows.jsonl"
 PROJECT = "instructsd"
 
 
@@ -59,7 +61,8 @@ def trim_jsonl(path: Path, last_step: int) -> list[dict]:
 class RunLog:
     """The run's numbers, written by the main process; ``log`` entries are dicts with a ``step``."""
 
-    def __init__(self, accelerator, out: Path, trackers: list[str], config: dict, history: list[dict], resumed_step: int):
+    def __init__(self, accelerator, out: Path, trackers: list[str], config: dict, history: list[dict], resumed_step: int,
+                 skipped: set = frozenset()):
         self.accelerator, self.out = accelerator, Path(out)
         self.main = accelerator.is_main_process
         self.losses = self.validation = None
@@ -74,6 +77,17 @@ class RunLog:
             atomic_write_text(self.out / "losses.jsonl", "".join(json.dumps(e) + "\n" for e in history))
             trim_jsonl(self.out / "validation.jsonl", resumed_step)
             self.losses = (self.out / "losses.jsonl").open("a")
+            # Rows counted by the checkpoint stay listed; later lines come again as the run re-reads them.
+            listed = self.out / SKIPPED_ROWS
+            if listed.is_file():
+                kept = [line for line in listed.read_text().splitlines() if line and json.loads(line)["index"] in skipped]
+                atomic_write_text(listed, "".join(line + "\n" for line in kept))
+
+    def skipped(self, rows: list[tuple]) -> None:
+        """Training rows whose images failed to decode, as ``(index, reason)`` (main process's rows)."""
+        if self.main:
+            with (self.out / SKIPPED_ROWS).open("a") as fh:
+                fh.write("".join(json.dumps({"index": i, "reason": why}) + "\n" for i, why in rows))
 
     def step(self, entry: dict, flush: bool = False) -> None:
         """One optimizer step's loss, learning rate and gradient norm."""
