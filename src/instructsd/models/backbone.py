@@ -75,6 +75,10 @@ class SDBackbone:
     def time_ids(self, crops: torch.Tensor | None) -> None:
         return None
 
+    def vae_dtype(self, vae, weight_dtype: torch.dtype) -> torch.dtype:
+        """SD's VAE runs in the run's weight dtype (its pipeline never upcasts it)."""
+        return weight_dtype
+
     def pipeline(self, unet, vae, scheduler, **extra):
         """The stock pipeline around these encoders (no safety checker unless given)."""
         extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False, **extra}
@@ -118,6 +122,11 @@ class SDXLBackbone:
             raise ValueError("SDXL needs each sample's size and crop ('crops' in the batch)")
         return crops.float()
 
+    def vae_dtype(self, vae, weight_dtype: torch.dtype) -> torch.dtype:
+        """fp32 under fp16 when the VAE's config says fp16 overflows (``force_upcast``: SDXL's VAE; the
+        pipeline upcasts it too); a fixed fp16 VAE (``force_upcast: false``) runs in fp16."""
+        return torch.float32 if weight_dtype == torch.float16 and vae.config.get("force_upcast", True) else weight_dtype
+
     def pipeline(self, unet, vae, scheduler, **extra):
         tokenizer, tokenizer_2 = self.tokenizers
         text_encoder, text_encoder_2 = self.text_encoders
@@ -138,8 +147,3 @@ def backbone_of(parts) -> Backbone:
         return SDXLBackbone(parts.tokenizer, parts.text_encoder, parts.tokenizer_2, parts.text_encoder_2, bool(force_zeros))
     return SDBackbone(parts.tokenizer, parts.text_encoder)
 
-
-def vae_dtype(vae, weight_dtype: torch.dtype) -> torch.dtype:
-    """The dtype the frozen VAE runs in: fp32 when its config says fp16 overflows (``force_upcast``,
-    the SDXL VAE: the pipeline upcasts it too), else the run's weight dtype."""
-    return torch.float32 if weight_dtype == torch.float16 and vae.config.get("force_upcast", False) else weight_dtype

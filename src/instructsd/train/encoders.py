@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from instructsd.models.backbone import Backbone, TextConditioning, backbone_of, vae_dtype
+from instructsd.models.backbone import Backbone, TextConditioning, backbone_of
 from instructsd.train.batches import Batches, TrainRows, training_batches
 from instructsd.train.cache import build_or_load, sample_latents
 from instructsd.train.objective import encode_pair
@@ -106,7 +106,7 @@ def freeze(components) -> None:
 def place_frozen(components, device, weight_dtype: torch.dtype) -> None:
     """Put the frozen parts on ``device`` in the run's weight dtype — except a VAE whose config
     asks for fp32 (``force_upcast``: SDXL's VAE overflows in fp16, and its pipeline upcasts it too)."""
-    components.vae.to(device, dtype=vae_dtype(components.vae, weight_dtype))
+    components.vae.to(device, dtype=backbone_of(components).vae_dtype(components.vae, weight_dtype))
     for encoder in components.text_encoders():
         encoder.to(device, dtype=weight_dtype)
 
