@@ -121,14 +121,6 @@ def load_pipeline(model: str | Path, device: str | None = None, dtype: str = "fp
     return pipe.to(device or default_device())
 
 
-def pipeline_from_parts(unet, vae, text_encoder, tokenizer, scheduler) -> StableDiffusionInstructPix2PixPipeline:
-    """Wrap in-memory components (e.g. during training) in the stock pipeline."""
-    return StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
 def pipeline_from_components(parts, unet, scheduler):
     """The stock pipeline (SD or SDXL, by the parts' backbone) around a UNet and a model's frozen parts."""
     return backbone_of(parts).pipeline(unet, parts.vae, scheduler)
