@@ -76,7 +76,7 @@ def test_init_hub_cli_writes_the_layout(tmp_path):
     assert run(["model", "init-hub", str(tmp_path / "m"), "--layout", "sd15"]) == 0
     assert _config(tmp_path / "m", "model_index.json")["_class_name"] == "StableDiffusionPipeline"
     assert run(["model", "init-hub", str(tmp_path / "m"), "--layout", "sd15"]) == 1  # never overwritten silently
-    assert run(["model", "init-hub", str(tmp_path / "x"), "--layout", "sdxl"]) == 1
+    assert run(["model", "init-hub", str(tmp_path / "x"), "--layout", "sd3"]) == 1
 
 
 # --- final/ is the base with new weights (item 3) ----------------------------------------------
@@ -156,13 +156,15 @@ def _linked(base: str, folder: Path, skip: tuple[str, ...] = ()) -> Path:
 @pytest.fixture(scope="module")
 def unsupported(ip2p_hub_model, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("unsupported")
-    sdxl = _linked(ip2p_hub_model, root / "sdxl", skip=("model_index.json",))
-    os.symlink((Path(ip2p_hub_model) / "text_encoder").resolve(), sdxl / "text_encoder_2")
-    os.symlink((Path(ip2p_hub_model) / "tokenizer").resolve(), sdxl / "tokenizer_2")
+    # An SDXL refiner: one text encoder (the second), which instructsd does not train from (issue 14).
+    refiner = _linked(ip2p_hub_model, root / "refiner", skip=("model_index.json", "text_encoder", "tokenizer"))
+    os.symlink((Path(ip2p_hub_model) / "text_encoder").resolve(), refiner / "text_encoder_2")
+    os.symlink((Path(ip2p_hub_model) / "tokenizer").resolve(), refiner / "tokenizer_2")
     index = _config(ip2p_hub_model, "model_index.json")
-    (sdxl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLPipeline",
-                                                       "text_encoder_2": index["text_encoder"],
-                                                       "tokenizer_2": index["tokenizer"]}))
+    (refiner / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline",
+                                                          "text_encoder": [None, None], "tokenizer": [None, None],
+                                                          "text_encoder_2": index["text_encoder"],
+                                                          "tokenizer_2": index["tokenizer"]}))
     unet_weights = Path(ip2p_hub_model) / "unet" / "diffusion_pytorch_model.safetensors"
     single = root / "sd15-pruned.safetensors"
     os.symlink(unet_weights.resolve(), single)
@@ -173,11 +175,11 @@ def unsupported(ip2p_hub_model, tmp_path_factory) -> dict[str, tuple[Path, str]]
     (pickled / "unet").mkdir()
     (pickled / "unet" / "config.json").write_text((Path(ip2p_hub_model) / "unet" / "config.json").read_text())
     torch.save({"conv_in.weight": torch.zeros(1)}, pickled / "unet" / "diffusion_pytorch_model.bin")
-    return {"sdxl": (sdxl, "SDXL is not supported yet"), "single": (single, "from_single_file"),
+    return {"refiner": (refiner, "SDXL refiner"), "single": (single, "from_single_file"),
             "loose": (loose, "from_single_file"), "pickled": (pickled, "only pickled .bin weights")}
 
 
-@pytest.mark.parametrize("kind", ["sdxl", "single", "loose", "pickled"])
+@pytest.mark.parametrize("kind", ["refiner", "single", "loose", "pickled"])
 @pytest.mark.parametrize("command", ["train", "edit"])
 def test_unsupported_models_fail_with_one_line(kind, command, unsupported, dataset, tmp_path, capsys):
     model, message = unsupported[kind]

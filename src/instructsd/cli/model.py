@@ -49,7 +49,7 @@ def model_init_tiny(
 @app.command("init-hub")
 def model_init_hub(
     out: Path = typer.Argument(..., help="Folder to write the diffusers model to."),
-    layout: str = typer.Option(..., help="instruct-pix2pix (timbrooks/instruct-pix2pix) or sd15 (runwayml/stable-diffusion-v1-5)."),
+    layout: str = typer.Option(..., help="instruct-pix2pix (timbrooks/instruct-pix2pix), sd15 (runwayml/stable-diffusion-v1-5), sdxl-instruct-pix2pix (diffusers/sdxl-instructpix2pix-768) or sdxl (stabilityai/stable-diffusion-xl-base-1.0)."),
     size: str = typer.Option("tiny", help="tiny: the hub's structure and keys, small widths; full: SD 1.5's exact sizes (~4 GB RAM)."),
     seed: int = typer.Option(0, help="Seed for the random weights."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists."),

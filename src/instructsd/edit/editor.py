@@ -2,13 +2,17 @@
 
 The CLI, evaluation, the quickstart report and in-training validation all call
 :func:`edit_images`, so sampling and guidance never drift between them. Sampling itself is
-stock ``StableDiffusionInstructPix2PixPipeline`` (two-way classifier-free guidance,
-Brooks et al. 2023, eq. 3); this module only chooses the scheduler, sizes and seeds, and
-makes the pipeline apply eq. 3 at every pair of scales (instructsd.edit.guidance).
+stock ``StableDiffusionInstructPix2PixPipeline`` — or ``StableDiffusionXLInstructPix2PixPipeline``
+for SDXL models (models/backbone.py) — with two-way classifier-free guidance (Brooks et al.
+2023, eq. 3); this module only chooses the scheduler, sizes and seeds, and makes the pipeline
+apply eq. 3 at every pair of scales (instructsd.edit.guidance). The output has the input's size:
+the SD pipeline takes it from the image, the SDXL one would default to its sample size × 8, so
+the height and width are always passed where the pipeline takes them.
 """
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,8 @@ from instructsd.edit.guidance import (
 )
 from instructsd.edit.highres import HIGHRES_METHODS
 from instructsd.errors import InstructSDError
-from instructsd.models.loading import check_model, resolve_model, torch_dtype
+from instructsd.models.backbone import SDXLBackbone, backbone_of
+from instructsd.models.loading import check_model, is_sdxl_index, model_index_of, resolve_model, torch_dtype
 
 # Euler ancestral is what the InstructPix2Pix authors ship with their pipeline.
 # Names from edit/guidance.py (the one list, also read by TrainConfig), in its order.
@@ -100,9 +105,12 @@ def load_pipeline(model: str | Path, device: str | None = None, dtype: str = "fp
     model = resolve_model(model)
     check_model(model)
     try:
-        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            model, torch_dtype=torch_dtype(dtype), safety_checker=None, requires_safety_checker=False, use_safetensors=True
-        )
+        if is_sdxl_index(model_index_of(model)):  # SDXL has no safety checker to switch off
+            pipe = SDXLBackbone.pipeline_class.from_pretrained(model, torch_dtype=torch_dtype(dtype), use_safetensors=True)
+        else:
+            pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                model, torch_dtype=torch_dtype(dtype), safety_checker=None, requires_safety_checker=False,
+                use_safetensors=True)
     except OSError as err:
         raise InstructSDError(f"cannot load model '{model}': {str(err).splitlines()[0]}") from err
     if pipe.unet.config.in_channels != 8:
@@ -113,12 +121,9 @@ def load_pipeline(model: str | Path, device: str | None = None, dtype: str = "fp
     return pipe.to(device or default_device())
 
 
-def pipeline_from_parts(unet, vae, text_encoder, tokenizer, scheduler) -> StableDiffusionInstructPix2PixPipeline:
-    """Wrap in-memory components (e.g. during training) in the stock pipeline."""
-    return StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+def pipeline_from_components(parts, unet, scheduler):
+    """The stock pipeline (SD or SDXL, by the parts' backbone) around a UNet and a model's frozen parts."""
+    return backbone_of(parts).pipeline(unet, parts.vae, scheduler)
 
 
 def fit_size(image: Image.Image, multiple: int = 8, max_side: int | None = None) -> Image.Image:
@@ -232,6 +237,8 @@ def _edit_locked(pipe, images, instructions, settings, seeds, batch_size, progre
     if not isinstance(pipe.scheduler, scheduler_cls):
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    # SDXL's pipeline sizes its output from the UNet's sample size unless told (SD's from the image).
+    sized = "height" in inspect.signature(type(pipe).__call__).parameters
     device = pipe._execution_device
     gen_device = "cpu" if device.type == "mps" else device  # MPS generators are not reliable
 
@@ -261,6 +268,7 @@ def _edit_locked(pipe, images, instructions, settings, seeds, batch_size, progre
                     image_guidance_scale=settings.image_guidance_scale,
                     guidance_scale=settings.guidance_scale,
                     generator=generators,
+                    **({"height": prepared[chunk[0]].height, "width": prepared[chunk[0]].width} if sized else {}),
                 ).images
             for i, out in zip(chunk, result):
                 # High-res modes: the low-resolution edit says *what* changes; the full-resolution

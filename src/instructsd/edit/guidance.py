@@ -80,9 +80,11 @@ def needs_forced_guidance(image_guidance: float, guidance: float) -> bool:
 def _always_guided(cls: type) -> type:
     """``cls`` with its guidance branch always taken; same name and module, nothing else changed."""
     if not isinstance(getattr(cls, "do_classifier_free_guidance", None), property):
+        # StableDiffusionXLInstructPix2PixPipeline decides guidance in a local variable of __call__.
         raise InstructSDError(
             f"{cls.__name__} has no do_classifier_free_guidance property, so instructsd cannot make it apply "
-            "image and text guidance at every scale; use StableDiffusionInstructPix2PixPipeline"
+            "image and text guidance at every scale; use guidance_scale > 1 and image_guidance_scale >= 1 "
+            "(where it applies eq. 3 itself), or an SD 1.x/2.x model"
         )
     return type(cls.__name__, (cls,), {
         "__module__": cls.__module__,

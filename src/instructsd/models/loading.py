@@ -1,4 +1,4 @@
-"""Load the parts of a Stable Diffusion / InstructPix2Pix checkpoint, one by one.
+"""Load the parts of a Stable Diffusion (1.x/2.x or XL) / InstructPix2Pix checkpoint, one by one.
 
 ``from_pretrained`` accepts a hub id or a local diffusers folder. For a local folder we check
 up front that every component is there, so a half-copied checkpoint fails with a message
@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from huggingface_hub import hf_hub_download
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from instructsd.errors import InstructSDError
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")  # SDXL's second text encoder (OpenCLIP bigG) and its tokenizer
 
 TINY_BASE_DIR = Path(__file__).parent / "tiny_base"
 TINY_BASE_ALIAS = "instructsd/tiny-base"
@@ -28,30 +29,46 @@ TINY_BASE_ALIAS = "instructsd/tiny-base"
 
 @dataclass
 class Components:
-    """The five parts training and editing need, wired explicitly."""
+    """The five parts training and editing need, wired explicitly (seven for SDXL)."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler: DDPMScheduler
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL only
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL only
+    force_zeros_for_empty_prompt: bool = True  # SDXL's model_index.json: the empty prompt is encoded as zeros
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [m for m in (self.text_encoder, self.text_encoder_2) if m is not None]
 
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-WEIGHTED = ("unet", "vae", "text_encoder", "safety_checker")
+WEIGHTED = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker")
 _CONVERT = ("convert it once with diffusers: `StableDiffusionPipeline.from_single_file(FILE).save_pretrained(OUT)` "
             "(or diffusers' scripts/convert_original_stable_diffusion_to_diffusers.py), then pass OUT")
 
 
+def is_sdxl_index(index: dict) -> bool:
+    """An SDXL pipeline (base or InstructPix2Pix) by its model_index.json: it names a second text encoder."""
+    return "text_encoder_2" in index
+
+
 def check_supported(index: dict, where: str, present: set[str] = frozenset()) -> None:
-    """Refuse architectures instructsd cannot train or edit yet, from a model_index.json (issue 11, item 10)."""
+    """Refuse architectures instructsd cannot train or edit, from a model_index.json (issue 11, item 10)."""
     name = str(index.get("_class_name", ""))
-    if "XL" in name or {"text_encoder_2", "tokenizer_2"} & (set(index) | present):
-        raise InstructSDError(f"'{where}' is an SDXL model ({name or 'text_encoder_2/tokenizer_2 present'}); SDXL is not "
-                              "supported yet: instructsd trains Stable Diffusion 1.x/2.x models (one CLIP text encoder)")
     if "unet" not in index and "transformer" in index:
         raise InstructSDError(f"'{where}' is a {name or 'transformer-based'} model; instructsd trains and edits UNet "
-                              "Stable Diffusion 1.x/2.x models only")
+                              "Stable Diffusion models only (1.x/2.x and XL)")
+    first = index.get("text_encoder")
+    if is_sdxl_index(index) and not (isinstance(first, list) and first and first[0]):
+        raise InstructSDError(f"'{where}' is an SDXL refiner ({name or 'one text encoder'}); instructsd trains from SDXL "
+                              "base or an SDXL InstructPix2Pix model (two text encoders)")
 
 
 def _describe_non_diffusers(path: Path) -> str:
@@ -86,7 +103,7 @@ def check_model_folder(path: str | Path) -> None:
     except json.JSONDecodeError as err:
         raise InstructSDError(f"'{path / 'model_index.json'}' is not valid JSON ({err}); re-copy the checkpoint") from err
     check_supported(index, str(path), {p.name for p in path.iterdir() if p.is_dir()})
-    for name in COMPONENTS:
+    for name in COMPONENTS + (SDXL_COMPONENTS if is_sdxl_index(index) else ()):
         sub = path / name
         if not sub.is_dir() or not any(sub.iterdir()):
             raise InstructSDError(
@@ -159,22 +176,37 @@ def is_local(model: str | Path) -> bool:
     return Path(text).exists() or text.startswith((".", "/", "~")) or text.count("/") != 1
 
 
+def model_index_of(model: str | Path, revision: str | None = None) -> dict:
+    """The model's model_index.json ({} for a hub id not in the local cache)."""
+    path = base_file(model, "model_index.json", revision)
+    return json.loads(path.read_text()) if path is not None else {}
+
+
 def load_components(model: str | Path, revision: str | None = None) -> Components:
-    """Load unet, vae, text encoder, tokenizer and a DDPM training scheduler from ``model``
-    (``instructsd/tiny-base``: the base that ships with the package)."""
+    """Load unet, vae, text encoder(s), tokenizer(s) and a DDPM training scheduler from ``model``
+    (``instructsd/tiny-base``: the base that ships with the package); SDXL's second encoder when it has one."""
     model = resolve_model(model)
     check_model(model, revision)
+    index = model_index_of(model, revision)
     # Only safetensors are read, never pickles (a hub repository with .bin weights only fails here).
+    # The weights come in fp32 whatever a config's torch_dtype says: training keeps fp32 masters and
+    # casts the frozen parts itself.
     kw = {"revision": revision} if revision else {}
     safe = {**kw, "use_safetensors": True}
+    text = {**safe, "dtype": torch.float32}
     try:
-        return Components(
+        parts = Components(
             unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", **safe),
             vae=AutoencoderKL.from_pretrained(model, subfolder="vae", **safe),
-            text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **safe),
+            text_encoder=CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **text),
             tokenizer=CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw),
             scheduler=DDPMScheduler.from_pretrained(model, subfolder="scheduler", **kw),
         )
+        if is_sdxl_index(index):
+            parts.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder_2", **text)
+            parts.tokenizer_2 = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer_2", **kw)
+            parts.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
+        return parts
     except OSError as err:  # hub id not found, offline, or a corrupt file
         raise InstructSDError(f"cannot load model '{model}': {str(err).splitlines()[0]}") from err
 

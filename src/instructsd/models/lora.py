@@ -86,7 +86,7 @@ def save_adapter(unet: UNet2DConditionModel, folder: str | Path, *, rank: int, a
 
     ``dataset``, ``prediction_type`` and ``drop_safety_checker`` are recorded so ``merge_run`` saves the
     same pipeline and card as the run's ``final/``."""
-    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionXLInstructPix2PixPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
 
     peft = _peft()
@@ -99,7 +99,9 @@ def save_adapter(unet: UNet2DConditionModel, folder: str | Path, *, rank: int, a
         # diffusers: its own writer, with the LoraConfig in the file header (diffusers >= 0.35 reads it back). Only the
         # keys that shape the adapter: diffusers calls LoraConfig(**header), which an older peft refuses on unknown keys.
         header = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
-        StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+        sdxl = unet.config.get("addition_embed_type") == "text_time"  # the SDXL UNet's pooled-text/size embedding
+        writer = StableDiffusionXLInstructPix2PixPipeline if sdxl else StableDiffusionInstructPix2PixPipeline
+        writer.save_lora_weights(
             tmp, unet_lora_layers=convert_state_dict_to_diffusers(adapters), unet_lora_adapter_metadata=header)
         # peft: what PeftModel.save_pretrained writes for a wrapped UNet.
         config.save_pretrained(str(tmp))
@@ -190,12 +192,14 @@ def merge_run(run: str | Path, out: str | Path, base_model: str | None = None, o
     unet, _ = ensure_instruct_unet(parts.unet)
     unet = merge_adapter(load_adapter(unet, folder))
     save_finetuned(out, base, unet, parts.vae, parts.text_encoder, parts.tokenizer,
-                   drop_safety_checker=meta.get("drop_safety_checker", False), prediction_type=meta.get("prediction_type"))
+                   drop_safety_checker=meta.get("drop_safety_checker", False), prediction_type=meta.get("prediction_type"),
+                   text_encoder_2=parts.text_encoder_2, tokenizer_2=parts.tokenizer_2)
     license = base_license(base)
     conv = "conv_in trained fully" if meta["train_conv_in"] else "conv_in of the base"
     (out / "README.md").write_text(
         card_metadata(base, [meta["dataset"]] if meta.get("dataset") else [], license, lora=True) +
         f"# InstructPix2Pix model (instructsd, merged LoRA)\n\n- base model: `{base}`\n{license_note(license)}"
         f"- LoRA rank {meta['rank']}, alpha {meta['alpha']}, on {', '.join(meta['target_modules'])}; {conv}\n"
-        f"- adapters: `{folder}`\n\nLoads in `StableDiffusionInstructPix2PixPipeline.from_pretrained`.\n")
+        f"- adapters: `{folder}`\n\nLoads in `{'StableDiffusionXL' if parts.is_sdxl else 'StableDiffusion'}"
+        "InstructPix2PixPipeline.from_pretrained`.\n")
     return out

@@ -3,7 +3,9 @@
 A fine-tuned ``final/`` keeps what the base shipped besides the weights: its sampler (class and
 ``scheduler_config.json`` byte for byte), its safety checker and feature extractor (dropped only
 on request), and the license its card declares. Only the UNet changes (conv_in expanded to 8
-channels for 4-channel starts), so the result is always a stock InstructPix2Pix pipeline.
+channels for 4-channel starts), so the result is always a stock InstructPix2Pix pipeline: for an
+SDXL base (or SDXL InstructPix2Pix model) a ``StableDiffusionXLInstructPix2PixPipeline`` folder with
+both text encoders and the base's ``force_zeros_for_empty_prompt`` (issue 14).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 from pathlib import Path
 
 import yaml
-from diffusers import StableDiffusionInstructPix2PixPipeline
+from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionXLInstructPix2PixPipeline
 
 from instructsd.errors import InstructSDError
 from instructsd.files import atomic_dir
@@ -61,12 +63,13 @@ def _index_entry(index: dict, name: str) -> list | None:
 
 def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_encoder, tokenizer,
                    drop_safety_checker: bool = False, prediction_type: str | None = None,
-                   revision: str | None = None) -> Path:
+                   revision: str | None = None, text_encoder_2=None, tokenizer_2=None) -> Path:
     """Write ``out`` as ``base_model`` with the given (fine-tuned) components, atomically.
 
     The sampler is the base's own: its ``scheduler_config.json`` is copied as is, except that a
     ``prediction_type`` the run trained with replaces the base's (else sampling would be wrong).
     The base's safety checker and feature extractor are kept unless ``drop_safety_checker``.
+    ``text_encoder_2`` and ``tokenizer_2`` (SDXL) make it an SDXL InstructPix2Pix folder.
     """
     from diffusers import SchedulerMixin
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
@@ -97,14 +100,21 @@ def save_finetuned(out: str | Path, base_model: str | Path, unet, vae, text_enco
     if keep:
         safety_checker = StableDiffusionSafetyChecker.from_pretrained(base_model, subfolder="safety_checker", **kw)
         feature_extractor = CLIPImageProcessor.from_pretrained(base_model, subfolder="feature_extractor", **kw)
-    pipe = StableDiffusionInstructPix2PixPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=safety_checker, feature_extractor=feature_extractor,
-        requires_safety_checker=bool(keep) and index.get("requires_safety_checker", True),
-    )
+    if text_encoder_2 is not None:  # SDXL ships neither safety checker nor feature extractor
+        pipe = StableDiffusionXLInstructPix2PixPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+            unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=index.get("force_zeros_for_empty_prompt", True))
+    else:
+        pipe = StableDiffusionInstructPix2PixPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+            safety_checker=safety_checker, feature_extractor=feature_extractor,
+            requires_safety_checker=bool(keep) and index.get("requires_safety_checker", True),
+        )
     with atomic_dir(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         write_vocab_files(tokenizer, tmp / "tokenizer")
+        if tokenizer_2 is not None:
+            write_vocab_files(tokenizer_2, tmp / "tokenizer_2")
         (tmp / "scheduler" / "scheduler_config.json").write_text(scheduler_text)
         saved = json.loads((tmp / "model_index.json").read_text())
         for name in ("scheduler", "safety_checker", "feature_extractor"):

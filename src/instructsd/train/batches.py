@@ -4,7 +4,8 @@ Every source has ``len()`` (its training rows, against which undecodable images 
 and ``epoch(epoch, skip)``, this process's batches of that epoch from batch ``skip`` on, each a
 dict of ``prompts``, ``indices`` (the good samples), ``bad`` (those that failed to decode) and
 what the encoder (train/encoders.py) turns into latents: ``input_pixels`` and ``edited_pixels``,
-or ``input_latents`` and ``target_moments`` read from the latent cache. The loop never asks
+or ``input_latents`` and ``target_moments`` read from the latent cache; and ``crops``, each sample's
+original size and crop (train/data.py's ``paired_crop``), which SDXL conditions on. The loop never asks
 which kind it holds. Each epoch's data is a pure function of (seed, epoch, rank), so a resumed
 run asks for ``epoch(epoch, position)`` and continues with exactly the uninterrupted run's batches.
 """
@@ -29,7 +30,7 @@ from instructsd.train.data import (
     InstructionSource,
     draw_flip,
     epoch_order,
-    paired_transform,
+    paired_crop,
     rank_batches,
     task_row_weights,
 )
@@ -146,12 +147,12 @@ class PairDataset(torch.utils.data.Dataset):
             if row[src_col] is None or row[tgt_col] is None:
                 raise ValueError("empty image cell")
             rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT])
-            source, target = paired_transform(row[src_col], row[tgt_col], self.size, rng, self.flip, self.center_crop)
+            source, target, crops = paired_crop(row[src_col], row[tgt_col], self.size, rng, self.flip, self.center_crop)
         except DECODE_ERRORS as err:
             return {"bad": True, "index": int(index), "error": decode_reason(err)}
         task = row[self.task_column] if self.task_column else None
         prompt = self.instruction(row[prompt_col], task, self.epoch, int(index))
-        return {"input_pixels": source, "edited_pixels": target, "prompt": prompt, "index": int(index)}
+        return {"input_pixels": source, "edited_pixels": target, "crops": crops, "prompt": prompt, "index": int(index)}
 
 
 class CachedPairDataset(torch.utils.data.Dataset):
@@ -181,7 +182,7 @@ class CachedPairDataset(torch.utils.data.Dataset):
             return {"bad": True, "index": int(index), "error": "image failed to decode when the cache was built"}
         prompt = self.instruction(self.prompts[index], self.tasks[index], self.epoch, int(index))
         return {"input_latents": row[f"input_mode_{side}"], "target_moments": row[f"target_moments_{side}"],
-                "prompt": prompt, "index": int(index)}
+                "crops": row[f"crops_{side}"], "prompt": prompt, "index": int(index)}
 
 
 def collate(samples: list[dict]) -> dict:
@@ -190,7 +191,7 @@ def collate(samples: list[dict]) -> dict:
     out: dict = {"prompts": [s["prompt"] for s in good], "indices": [s["index"] for s in good],
                  "bad": [s["index"] for s in samples if s.get("bad")],
                  "errors": [s.get("error", "failed to decode") for s in samples if s.get("bad")]}
-    for key in ("input_pixels", "edited_pixels", "input_latents", "target_moments"):
+    for key in ("input_pixels", "edited_pixels", "input_latents", "target_moments", "crops"):
         if good and key in good[0]:
             out[key] = torch.stack([s[key] for s in good])
     return out
@@ -269,13 +270,13 @@ class StreamingPairs:
         src_col, tgt_col, prompt_col = self.columns
         try:
             rng = np.random.default_rng([self.seed, epoch, index, _AUGMENT])
-            source, target = paired_transform(open_image(row[src_col]), open_image(row[tgt_col]), self.size, rng, self.flip,
-                                              self.center_crop)
+            source, target, crops = paired_crop(open_image(row[src_col]), open_image(row[tgt_col]), self.size, rng,
+                                                self.flip, self.center_crop)
         except DECODE_ERRORS as err:
             return {"bad": True, "index": f"epoch {epoch} sample {index}", "error": decode_reason(err)}
         task = row[self.task_column] if self.task_column else None
         prompt = self.instruction(row[prompt_col], task, epoch, index)
-        return {"input_pixels": source, "edited_pixels": target, "prompt": prompt, "index": index}
+        return {"input_pixels": source, "edited_pixels": target, "crops": crops, "prompt": prompt, "index": index}
 
     def batches(self, epoch: int, skip: int = 0, agree: Callable[[bool], bool] | None = None) -> Iterator[dict]:
         """Batches of ``epoch`` from batch ``skip`` on; a short tail is dropped.

@@ -6,7 +6,10 @@ does), into ``cache_dir/latents`` and ``cache_dir/text``. The cache stores the l
 *distribution* (mean and log-variance), not a sample, so the target latent is still sampled
 afresh each step with the run's generator — the same draws ``latent_dist.sample`` makes — and a
 cached run trains on exactly what an uncached one would. A fingerprint of everything that went
-in (model files, dataset, resolution, columns) guards reuse across runs.
+in (model files, dataset, resolution, columns) guards reuse across runs. Text goes through the
+model's backbone (models/backbone.py): for SDXL both encoders' embeddings and the pooled
+``text_embeds`` are stored, and each row keeps its original size and centre crop (``crops_0``,
+``crops_1`` for the flipped side), which SDXL conditions on.
 """
 
 from __future__ import annotations
@@ -21,21 +24,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Array2D, Array3D, Dataset, Features, Value, load_from_disk
+from datasets import Array2D, Array3D, Dataset, Features, Sequence, Value, load_from_disk
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from tqdm.auto import tqdm
 
 from instructsd.data.images import DECODE_ERRORS, refuse_bombs
 from instructsd.errors import InstructSDError
-from instructsd.train.data import paired_transform
+from instructsd.models.backbone import TextConditioning, backbone_of
+from instructsd.train.data import mirror_crop, paired_crop
 
-FORMAT = 1  # bump when the cache layout changes
+FORMAT = 2  # bump when the cache layout changes (2: crops_0/1 per row, pooled text for SDXL)
 
 
 @dataclass
 class LatentCache:
-    latents: Dataset  # input_mode_{0,1}, target_moments_{0,1}, ok — one row per training row
-    text: dict[str, torch.Tensor]  # prompt -> [L, D] embedding, "" included
+    latents: Dataset  # input_mode_{0,1}, target_moments_{0,1}, crops_{0,1}, ok — one row per training row
+    text: dict[str, TextConditioning]  # prompt -> its [L, D] embedding (and SDXL's pooled [P]), "" included
     folder: Path
     reused: bool
 
@@ -66,10 +70,12 @@ def model_fingerprint(model: str) -> dict:
     if not path.is_dir():
         return {"hub_id": model}
     files = {}
-    for sub in ("vae", "text_encoder", "tokenizer"):
-        for f in sorted((path / sub).rglob("*")):
+    for sub in ("vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"):
+        for f in sorted((path / sub).rglob("*")) if (path / sub).is_dir() else []:
             if f.is_file():
                 files[str(f.relative_to(path))] = _file_digest(f)
+    if (path / "model_index.json").is_file():  # force_zeros_for_empty_prompt changes SDXL's "" embedding
+        files["model_index.json"] = _file_digest(path / "model_index.json")
     return {"files": files}
 
 
@@ -87,20 +93,19 @@ def cache_fingerprint(cfg, rows: Dataset, prompts: list[str]) -> str:
 
 
 @torch.no_grad()
-def encode_text(tokenizer, text_encoder, prompts: list[str], device, batch_size: int = 64) -> torch.Tensor:
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        ids = tokenizer(prompts[start : start + batch_size], padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids.to(device)
-        out.append(text_encoder(ids)[0].float().cpu())
-    return torch.cat(out)
+def encode_text(backbone, prompts: list[str], batch_size: int = 64) -> TextConditioning:
+    """Every prompt through the backbone's text encoder(s), in batches, as fp32 on the CPU."""
+    out = [backbone.encode(prompts[start : start + batch_size]).to("cpu", torch.float32)
+           for start in range(0, len(prompts), batch_size)]
+    return TextConditioning.stack([row for part in out for row in part.rows()])
 
 
 @torch.no_grad()
 def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, progress: bool = True) -> Dataset:
     """Centre-crop every row, encode it unflipped and flipped, keep the distributions' moments."""
     dtype = next(vae.parameters()).dtype
-    columns: dict[str, list] = {"input_mode_0": [], "input_mode_1": [], "target_moments_0": [], "target_moments_1": [], "ok": []}
+    columns: dict[str, list] = {"input_mode_0": [], "input_mode_1": [], "target_moments_0": [], "target_moments_1": [],
+                                "crops_0": [], "crops_1": [], "ok": []}
     sides = (False, True) if cfg.random_flip else (False,)
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
     latent = cfg.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
@@ -132,16 +137,19 @@ def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, pro
                 row = rows[i]
             if row[cfg.input_column] is None or row[cfg.edited_column] is None:
                 raise ValueError("empty image cell")
-            pair = paired_transform(row[cfg.input_column], row[cfg.edited_column], cfg.resolution, rng, False,
-                                    center_crop=True, flipped=False)
+            *pair, crops = paired_crop(row[cfg.input_column], row[cfg.edited_column], cfg.resolution, rng, False,
+                                       center_crop=True, flipped=False)
         except DECODE_ERRORS:  # the row is marked bad and skipped by every run that reads the cache
             flush()
             for side in (0, 1):
                 columns[f"input_mode_{side}"].append(zeros_in)
                 columns[f"target_moments_{side}"].append(zeros_mom)
+                columns[f"crops_{side}"].append([0] * 6)
             columns["ok"].append(False)
             continue
         pending.append(pair)
+        columns["crops_0"].append(crops.tolist())
+        columns["crops_1"].append((mirror_crop(crops) if cfg.random_flip else crops).tolist())
         columns["ok"].append(True)
         if len(pending) == batch_size:
             flush()
@@ -150,7 +158,7 @@ def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, pro
     features = Features({
         "input_mode_0": Array3D(shape_in, "float32"), "input_mode_1": Array3D(shape_in, "float32"),
         "target_moments_0": Array3D(shape_mom, "float32"), "target_moments_1": Array3D(shape_mom, "float32"),
-        "ok": Value("bool"),
+        "crops_0": Sequence(Value("int64"), length=6), "crops_1": Sequence(Value("int64"), length=6), "ok": Value("bool"),
     })
     return Dataset.from_dict(columns, features=features)
 
@@ -186,13 +194,17 @@ def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progre
     if not reused and is_main:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-        vae, text_encoder = parts.vae.to(device), parts.text_encoder.to(device)
+        vae = parts.vae.to(device)
+        for encoder in parts.text_encoders():
+            encoder.to(device)
         encode_latent_rows(vae, rows, cfg, device, progress=progress).save_to_disk(str(tmp / "latents"))
-        embeddings = encode_text(parts.tokenizer, text_encoder, prompts, device)
-        Dataset.from_dict({"prompt": prompts, "embedding": list(embeddings.numpy())},
-                          features=Features({"prompt": Value("string"),
-                                             "embedding": Array2D(tuple(embeddings.shape[1:]), "float32")})
-                          ).save_to_disk(str(tmp / "text"))
+        text = encode_text(backbone_of(parts), prompts)
+        columns = {"prompt": prompts, "embedding": list(text.embeds.numpy())}
+        features = {"prompt": Value("string"), "embedding": Array2D(tuple(text.embeds.shape[1:]), "float32")}
+        if text.pooled is not None:
+            columns["pooled"] = list(text.pooled.numpy())
+            features["pooled"] = Sequence(Value("float32"), length=text.pooled.shape[1])
+        Dataset.from_dict(columns, features=Features(features)).save_to_disk(str(tmp / "text"))
         (tmp / "fingerprint.json").write_text(json.dumps({"fingerprint": fingerprint, "rows": len(rows),
                                                           "prompts": len(prompts)}, indent=2))
         if folder.exists():
@@ -205,5 +217,6 @@ def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progre
         raise InstructSDError(f"latent cache '{folder}' does not match this run; delete it or set cache_dir to a new folder")
     latents = load_from_disk(str(folder / "latents"))
     text_rows = load_from_disk(str(folder / "text")).with_format("torch")
-    text = {p: e for p, e in zip(text_rows["prompt"], text_rows["embedding"])}
+    pooled = text_rows["pooled"] if "pooled" in text_rows.column_names else [None] * len(text_rows)
+    text = {p: TextConditioning(e, q) for p, e, q in zip(text_rows["prompt"], text_rows["embedding"], pooled)}
     return LatentCache(latents=latents, text=text, folder=folder, reused=reused)

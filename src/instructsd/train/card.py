@@ -33,6 +33,7 @@ def write_model_card(folder: Path, cfg: TrainConfig, expanded: bool, losses: lis
     license = base_license(cfg.base_model)
     kept = "- safety checker: dropped on request (drop_safety_checker=true); the base's safety checker and feature " \
         "extractor are not in this folder\n" if cfg.drop_safety_checker else ""
+    pipeline = json.loads((folder / "model_index.json").read_text())["_class_name"]  # SD or SDXL InstructPix2Pix
     text = card_metadata(cfg.base_model, [cfg.dataset], license, lora=cfg.lora_rank > 0) + f"""# InstructPix2Pix model trained with instructsd
 
 - base model: `{cfg.base_model}` ({start})
@@ -44,7 +45,7 @@ def write_model_card(folder: Path, cfg: TrainConfig, expanded: bool, losses: lis
 - sampler, safety checker and license: the base's, unchanged
 {kept}{license_note(license)}{scores}
 Edit with `instructsd edit --model {folder} --image in.png --instruction "..." --out out.png`,
-or load it in diffusers with `StableDiffusionInstructPix2PixPipeline.from_pretrained`.
+or load it in diffusers with `{pipeline}.from_pretrained`.
 
 ## Config
 ```yaml

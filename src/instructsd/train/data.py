@@ -89,8 +89,17 @@ def draw_flip(rng: np.random.Generator, flip: bool) -> bool:
 def paired_transform(source: Image.Image, target: Image.Image, size: int, rng: np.random.Generator, flip: bool,
                      center_crop: bool = False, flipped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize both to the same short side, then one crop and one flip applied to both."""
+    return paired_crop(source, target, size, rng, flip, center_crop, flipped)[:2]
+
+
+def paired_crop(source: Image.Image, target: Image.Image, size: int, rng: np.random.Generator, flip: bool,
+                center_crop: bool = False, flipped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`paired_transform`, plus where the sample came from: (original height, width, crop top,
+    left, crop height, width) — SDXL's size and crop conditioning (issue 14). A flipped sample's
+    left edge is measured in the flipped image, as if it had been flipped before cropping."""
     source = source.convert("RGB")
     target = target.convert("RGB")
+    original_w, original_h = source.size
     if target.size != source.size:  # paired data from different tools can differ by a few px
         target = target.resize(source.size, Image.BICUBIC)
     flipped = draw_flip(rng, flip) if flipped is None else flipped
@@ -105,7 +114,15 @@ def paired_transform(source: Image.Image, target: Image.Image, size: int, rng: n
     if flipped:
         source = source.transpose(Image.FLIP_LEFT_RIGHT)
         target = target.transpose(Image.FLIP_LEFT_RIGHT)
-    return to_tensor(source), to_tensor(target)
+    crops = torch.tensor([original_h, original_w, top, w - size - left if flipped else left, size, size])
+    return to_tensor(source), to_tensor(target), crops
+
+
+def mirror_crop(crops: torch.Tensor) -> torch.Tensor:
+    """The size/crop row of the same crop flipped (the resized width recomputed as resize_short_side makes it)."""
+    original_h, original_w, top, left, size, _ = (int(v) for v in crops)
+    width = max(size, round(original_w * size / min(original_w, original_h)))
+    return torch.tensor([original_h, original_w, top, width - size - left, size, size])
 
 
 # --- instructions ---------------------------------------------------------------------------

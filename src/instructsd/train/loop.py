@@ -37,11 +37,12 @@ from instructsd.models.saving import save_finetuned
 from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.train import checkpoint
 from instructsd.train.allocator import keep_freed_memory
-from instructsd.train.batches import Batches, TrainRows, count_skipped, read_train_rows, training_batches
+from instructsd.train.batches import Batches, count_skipped, read_train_rows
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
-from instructsd.train.encoders import CachedEncoder, TextEmbeddings, VAEEncoder
-from instructsd.train.objective import DropoutProbs, instruct_pix2pix_loss
+from instructsd.train.encoders import CachedEncoder, VAEEncoder, encoder_and_batches, freeze, place_frozen
+from instructsd.train.objective import DropoutProbs
+from instructsd.train.step import batch_loss
 from instructsd.train.tracking import RunLog, StepTimer, resolve_report_to
 
 OOM_HINT = ("out of memory at step {step}; try a smaller train_batch_size (keeping the effective batch with a larger "
@@ -166,8 +167,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
     if cfg.prediction_type:
         scheduler.register_to_config(prediction_type=cfg.prediction_type)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    components.vae.requires_grad_(False).eval()
-    components.text_encoder.requires_grad_(False).eval()
+    freeze(components)
     lora = cfg.lora_rank > 0
     if lora:
         from instructsd.models.lora import add_lora, trains_conv_in
@@ -180,7 +180,8 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
         unet.enable_gradient_checkpointing()
     ema = EMAModel(trainable, decay=cfg.ema_decay) if cfg.use_ema else None
 
-    encoder, batches = _encoder_and_batches(cfg, data, components, accelerator, weight_dtype, progress)
+    agree = _all_ranks(accelerator) if accelerator.num_processes > 1 else None
+    encoder, batches = encoder_and_batches(cfg, data, components, accelerator, weight_dtype, progress, agree)
 
     optimizer = _optimizer(cfg, trainable)
     # accelerate steps the scheduler once per process per optimizer step, hence the factor.
@@ -234,34 +235,13 @@ def _accelerator(cfg: TrainConfig, out: Path, trackers: list[str]) -> Accelerato
                        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tensorboard")))
 
 
-def _encoder_and_batches(cfg: TrainConfig, data: TrainRows, components, accelerator, weight_dtype: torch.dtype,
-                         progress: bool) -> tuple[VAEEncoder | CachedEncoder, Batches]:
-    """The one place that knows the data mode: latents from the cache, or pixels (map-style or streamed) and the VAE."""
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    agree = _all_ranks(accelerator) if world > 1 else None
-    if cfg.cache_latents:
-        from instructsd.train.cache import build_or_load
-
-        cache = build_or_load(cfg, data.rows, components, device, accelerator.is_main_process, accelerator.wait_for_everyone,
-                              progress=progress)
-        text = TextEmbeddings(components.tokenizer, components.text_encoder, device, cache.text)
-        encoder = CachedEncoder(components.vae.config.scaling_factor, text, device, weight_dtype)
-        return encoder, training_batches(cfg, data, cache, rank=rank, world=world, agree=agree)
-    components.vae.to(device, dtype=weight_dtype)
-    components.text_encoder.to(device, dtype=weight_dtype)
-    text = TextEmbeddings(components.tokenizer, components.text_encoder, device)
-    return VAEEncoder(components.vae, text, device, weight_dtype), training_batches(cfg, data, rank=rank, world=world,
-                                                                                     agree=agree)
-
-
 def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: torch.dtype):
     """The fixed validation subset (None when validation_every=0); its edits need the frozen parts on the device."""
     if not cfg.validation_every:
         return None
     from instructsd.train.validation import fixed_subset
 
-    components.vae.to(accelerator.device, dtype=weight_dtype)
-    components.text_encoder.to(accelerator.device, dtype=weight_dtype)
+    place_frozen(components, accelerator.device, weight_dtype)
     if cfg.streaming:
         from instructsd.train.streaming import validation_rows
 
@@ -292,10 +272,7 @@ def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | 
                     continue
                 # lr: this step's rate was set when lr_scheduler stepped at the end of the previous step.
                 with accelerator.accumulate(unet):
-                    image_latents, latents = p.encoder.latents(batch, p.noise_gen)
-                    loss = instruct_pix2pix_loss(unet, p.scheduler, latents, image_latents, p.encoder.text(batch["prompts"]),
-                                                 p.encoder.null_text, p.probs, p.noise_gen, p.prediction_type,
-                                                 snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset)
+                    loss = batch_loss(cfg, unet, p.scheduler, p.encoder, batch, p.noise_gen, p.probs, p.prediction_type)
                     gathered = accelerator.gather(loss.detach()[None])
                     _refuse_non_finite(gathered, run, accelerator.process_index, batch)
                     accelerator.backward(loss)
@@ -382,8 +359,10 @@ def save(cfg: TrainConfig, p: Parts, result: TrainResult, started: float) -> Non
             trained = merge_adapter(trained)
         # final/ is the base with new weights: its sampler, safety checker and feature extractor (issue 11).
         parts = p.components
+        second = {"text_encoder_2": _cpu_fp32(parts.text_encoder_2), "tokenizer_2": parts.tokenizer_2} if parts.is_sdxl else {}
         save_finetuned(result.final_dir, cfg.base_model, trained, _cpu_fp32(parts.vae), _cpu_fp32(parts.text_encoder),
-                       parts.tokenizer, drop_safety_checker=cfg.drop_safety_checker, prediction_type=cfg.prediction_type)
+                       parts.tokenizer, drop_safety_checker=cfg.drop_safety_checker, prediction_type=cfg.prediction_type,
+                       **second)
         write_model_card(result.final_dir, cfg, p.expanded, result.losses, time.time() - started,
                          p.out / "validation.jsonl")
     accelerator.wait_for_everyone()

@@ -96,6 +96,9 @@ def instruct_pix2pix_loss(
     prediction_type: str = "epsilon",
     snr_gamma: float | None = None,
     noise_offset: float = 0.0,
+    pooled: torch.Tensor | None = None,
+    null_pooled: torch.Tensor | None = None,
+    time_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean-squared error of one InstructPix2Pix training step.
 
@@ -103,6 +106,8 @@ def instruct_pix2pix_loss(
     latents, ``null_text_embedding`` the encoding of the empty prompt (computed once by the
     caller, shape [1, L, D]). ``noise_offset`` > 0 adds a per-channel constant to the noise
     (Guttenberg 2023, "Diffusion with offset noise") so very dark or bright images are learnable.
+    SDXL (models/backbone.py) adds the pooled text ``pooled`` [B, P], dropped to ``null_pooled``
+    [1, P] together with the text, and the per-sample size/crop ``time_ids`` [B, 6], never dropped.
     """
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
@@ -119,7 +124,11 @@ def instruct_pix2pix_loss(
     text = torch.where(drop_text[:, None, None], null_text_embedding.to(text_embeddings), text_embeddings)
     image = image_latents * (~drop_image).to(image_latents)[:, None, None, None]
 
-    pred = unet(torch.cat([noisy, image], dim=1), timesteps, encoder_hidden_states=text).sample
+    added = None
+    if pooled is not None:  # SDXL's text_time embedding: the pooled text follows the text's dropout
+        pooled = torch.where(drop_text[:, None], null_pooled.to(pooled), pooled)
+        added = {"text_embeds": pooled, "time_ids": time_ids.to(pooled)}
+    pred = unet(torch.cat([noisy, image], dim=1), timesteps, encoder_hidden_states=text, added_cond_kwargs=added).sample
     target = training_target(scheduler, latents, noise, timesteps, prediction_type)
     if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float())

@@ -18,7 +18,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from instructsd.data.load import Columns
-from instructsd.edit.editor import pipeline_from_parts
+from instructsd.edit.editor import pipeline_from_components
 from instructsd.eval.compare import edit_rows, score_outputs
 from instructsd.eval.metrics import ALL_TASKS, summarize
 from instructsd.eval.report import save_grid
@@ -38,7 +38,7 @@ def validate(step: int, unet, parts, scheduler, data: list[Example], out: Path, 
     log the scores and a grid."""
     was_training = unet.training
     unet.eval()
-    pipe = pipeline_from_parts(unet, parts.vae, parts.text_encoder, parts.tokenizer, scheduler)
+    pipe = pipeline_from_components(parts, unet, scheduler)
     settings = cfg.validation.edit_settings()
     with tqdm(total=len(data), desc=f"validate (step {step})", leave=False, disable=not progress) as bar:
         edits = edit_rows(pipe, data, settings, batch_size=1, progress=bar.update)
