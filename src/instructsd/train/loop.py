@@ -41,8 +41,9 @@ from instructsd.train.batches import Batches, TrainRows, read_train_rows, traini
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
 from instructsd.train.encoders import CachedEncoder, TextEmbeddings, VAEEncoder
-from instructsd.train.objective import DropoutProbs, instruct_pix2pix_loss
+from instructsd.train.objective import DropoutProbs, instruct_pix2pix_loss, region_weights
 from instructsd.train.tracking import RunLog, StepTimer, resolve_report_to
+from instructsd.train.validation import load_best_weights
 
 OOM_HINT = ("out of memory at step {step}; try a smaller train_batch_size (keeping the effective batch with a larger "
             "gradient_accumulation_steps), gradient_checkpointing=true, lora_rank=8, cache_latents=true, "
@@ -265,7 +266,7 @@ def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: tor
     """The fixed validation subset (None when validation_every=0); its edits need the frozen parts on the device."""
     if not cfg.validation_every:
         return None
-    from instructsd.train.validation import fixed_subset
+    from instructsd.train.validation import validation_set
 
     components.vae.to(accelerator.device, dtype=weight_dtype)
     components.text_encoder.to(accelerator.device, dtype=weight_dtype)
@@ -277,7 +278,7 @@ def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: tor
         from instructsd.data.load import load_split
 
         rows = load_split(cfg.dataset, "validation", [cfg.input_column, cfg.edited_column, cfg.prompt_column])
-    return fixed_subset(rows, cfg)
+    return validation_set(rows, cfg, str(accelerator.device))
 
 
 # --- loop ---------------------------------------------------------------------------------------------
@@ -302,7 +303,8 @@ def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | 
                     image_latents, latents = p.encoder.latents(batch, p.noise_gen)
                     loss = instruct_pix2pix_loss(unet, p.scheduler, latents, image_latents, p.encoder.text(batch["prompts"]),
                                                  p.encoder.null_text, p.probs, p.noise_gen, p.prediction_type,
-                                                 snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset)
+                                                 snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset,
+                                                 weights=region_weights(cfg, batch))  # edit-region loss (issue 16)
                     gathered = accelerator.gather(loss.detach()[None])
                     _refuse_non_finite(gathered, run, accelerator.process_index, batch)
                     accelerator.backward(loss)
@@ -378,6 +380,8 @@ def save(cfg: TrainConfig, p: Parts, result: TrainResult, started: float) -> Non
         trained = copy.deepcopy(accelerator.unwrap_model(p.unet)).to("cpu", torch.float32)
         if p.ema is not None:
             p.ema.copy_to([t for t in trained.parameters() if t.requires_grad])
+        if cfg.validation.final_is_best:  # the best validation's weights instead (issue 16; train/validation.py)
+            load_best_weights(trained, p.out)
         if p.lora:
             from instructsd.models.lora import merge_adapter, save_adapter
 
