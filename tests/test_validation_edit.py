@@ -18,7 +18,11 @@ from instructsd.data.load import load_split
 from instructsd.edit.editor import EditSettings
 from instructsd.eval.guidance_sweep import curves, run_sweep
 from instructsd.eval.rows import prepare_rows
-from instructsd.eval.suite import MetricSuite
+from instructsd.errors import InstructSDError
+from instructsd.eval.edit_metrics import EDIT_METRICS
+from instructsd.eval.rows import TASK_CAPTIONS
+from instructsd.eval.suite import CLIP_METRICS, MetricSuite
+from instructsd.models.tiny import save_tiny_clip
 from instructsd.train.config import TrainConfig
 from instructsd.train.loop import train
 from instructsd.train.tracking import RunLog
@@ -49,7 +53,7 @@ def test_a_model_returning_its_input_is_flagged_and_never_picked_as_best(tiny_mo
     tasks = {e.task for e in data.rows}
     assert len(tasks) > 1 and all(first.values[f"val/{t}/identity_rate"] == 1.0 for t in tasks)
     assert first.values["val/preservation"] == 0.0 and first.values["val/edit_strength"] == 0.0
-    assert f"warning: the model at step 2 returned its input for 100% of the rows" in capsys.readouterr().out
+    assert "warning: the model at step 2 returned its input for 100% of the rows" in capsys.readouterr().out
     assert first.best_step is None and not (out / "best.json").exists()  # a collapsed validation is never the best
     assert "COLLAPSE: at step(s) 2" in (out / "report.html").read_text()
 
@@ -110,3 +114,24 @@ def test_the_sweep_edits_every_grid_pair_with_its_own_settings(pairs_24px):
     assert [(p["text_guidance"], p["image_guidance"], p["n"]) for p in points] == [(t, i, len(rows)) for t, i, _ in asked]
     assert all(p["identity_rate"] == 1.0 and p["per_task"].keys() == {e.task for e in rows} for p in points)
     assert list(curves(points)) == ["s_T=2", "s_T=7.5"] and [label for *_, label in curves(points)["s_T=2"]] == ["1", "1.5", "2"]
+
+
+def test_validation_with_a_tiny_clip_scores_clip_metrics_and_sweeps_on_clip_axes(tiny_model, pairs_24px, tmp_path):
+    rows = load_split(pairs_24px, "validation", ["input_image", "edited_image", "edit_prompt"])
+    with pytest.raises(InstructSDError, match="validation.best_metric 'clip_dir' is not a metric"):
+        validation_set(rows, _cfg(tiny_model, pairs_24px, tmp_path, "validation.best_metric=clip_dir"))
+    clip = save_tiny_clip(tmp_path / "clip", [c for pair in TASK_CAPTIONS.values() for c in pair])
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = _cfg(tiny_model, pairs_24px, out, f"validation.clip={clip}", "validation.best_metric=clip_dir",
+               "validation.sweep=true", "validation.sweep_text=[5.0]", "validation.sweep_image=[1.0, 2.0]")
+    data = validation_set(rows, cfg)
+    assert data.suite.names == ["psnr", "ssim", *EDIT_METRICS, *CLIP_METRICS]
+    AcceleratorState._reset_state(reset_partial_state=False)
+    log = RunLog(Accelerator(cpu=True), out, [], {}, [], 0)
+    outcome = record(3, lambda settings, progress=None: [ImageOps.invert(e.source) for e in data.rows], data, out, log, cfg)
+    log.close()
+    assert {"val/clip_dir", "val/clip_image", "val/clip_t", "val/clip_i"} <= set(outcome.values)
+    assert outcome.best_step == 3
+    sweep = json.loads((out / "validation" / "sweep-step-3.json").read_text())
+    assert sweep["axes"] == ["clip_image", "clip_dir"] and sweep["metric_models"] == {"clip": str(clip)}
