@@ -198,6 +198,8 @@ PIXEL_METRICS: dict[str, Metric] = {
 
 # Metrics where a smaller value is the better one (the report marks the minimum as best).
 LOWER_IS_BETTER = frozenset({"l1", "l2", "lpips", "identity_rate", "preservation", "preservation_lpips"})
+# Metrics with no better direction (read against the ground truth's value): never marked best.
+UNRANKED = frozenset({"edit_strength", "edit_strength_lpips"})
 
 # Digits shown per metric; others use 4 significant digits.
 METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "psnr_y": "{:.2f}", "ssim_y": "{:.3f}", "l1": "{:.4f}",

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, METRIC_TITLES, format_metric, to_array
+from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, METRIC_TITLES, UNRANKED, format_metric, to_array
 from instructsd.eval.plots import bar_chart_svg, curves_svg, loss_svg, sweep_svg, tradeoff_svg
 from instructsd.eval.suite import VS_GROUND_TRUTH
 from instructsd.files import atomic_write_bytes
@@ -124,7 +124,7 @@ def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] |
         cells = []
         for k in keys:
             sign = -1.0 if k in LOWER_IS_BETTER else 1.0
-            is_best = (row["method"] not in references and methods.get(task, 0) > 1
+            is_best = (row["method"] not in references and methods.get(task, 0) > 1 and k not in UNRANKED
                        and sign * row[k] == best[task, k])
             ci = f'<span class="ci">[{format_metric(k, row[f"{k}_lo"])}, {format_metric(k, row[f"{k}_hi"])}]</span>'
             cells.append(f'<td class="num{" best" if is_best else ""}">{format_metric(k, row[k])} {ci}</td>')
