@@ -20,7 +20,9 @@ from instructsd.errors import InstructSDError
 @dataclass
 class ValidationSettings:
     """How in-training validation edits: the edit function's settings (``EditSettings``) that apply
-    to it, under the same names and with the same defaults, so validation edits as ``instructsd edit`` does."""
+    to it, under the same names and with the same defaults, so validation edits as ``instructsd edit`` does;
+    then what it measures beyond PSNR/SSIM and the edit-aware metrics (issue 16): the dual-guidance sweep,
+    the best pick, and CLIP / LPIPS models."""
 
     num_inference_steps: int = opt(DEFAULT_STEPS, "Sampling steps of each validation edit.")
     image_guidance_scale: float = opt(DEFAULT_IMAGE_GUIDANCE, "Image guidance scale s_I (eq. 3; any finite value >= 0).")
@@ -128,7 +130,7 @@ class TrainConfig:
     overwrite: bool = opt(False, "Start fresh even if output_dir holds another run, replacing that run's files (a shared cache/ is kept); without it such a start is refused.")
     trust_checkpoint_pickles: bool = opt(False, "Resume from a checkpoint whose files hold pickled Python objects (older instructsd); a pickle can run code, so only for checkpoints you wrote yourself.")
     validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
-    validation: ValidationSettings = opt(ValidationSettings(), "How in-training validation edits: the edit function's sampling settings (as `instructsd edit`).")
+    validation: ValidationSettings = opt(ValidationSettings(), "How in-training validation edits (the edit function's sampling settings, as `instructsd edit`), what it measures, sweeps and picks (issue 16).")
     report_to: Optional[Literal["tensorboard", "wandb", "all", "none"]] = opt(None, "Trackers that also get the loss, learning rate, gradient norm, validation metrics and grids (losses.jsonl and validation.jsonl are always written): tensorboard (output_dir/tensorboard), wandb, all, none; null = tensorboard when installed.")
     num_validation_images: int = opt(4, "Validation images per task in the fixed in-training validation subset (spread over the split).")
 
