@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from instructsd.eval.edit_metrics import EDIT_METRICS
 from instructsd.eval.rows import TASK_CAPTIONS, Example, captions_for
 from instructsd.eval.suite import CLIP_METRICS, ClipEmbedder, MetricSuite
 from instructsd.models.tiny import save_tiny_clip, save_tiny_dino
@@ -58,7 +59,7 @@ def test_a_known_shift_gives_the_known_values() -> None:
 def test_clip_and_dino_metrics_on_tiny_random_networks(nets) -> None:
     clip, dino = nets
     suite = MetricSuite.load(clip, dino, lpips="none")
-    assert suite.names == [*PIXEL_METRICS, *CLIP_METRICS, "dino"]
+    assert suite.names == [*PIXEL_METRICS, *EDIT_METRICS, *CLIP_METRICS, "dino"]
     assert suite.notes == ["lpips skipped: no model given (--lpips none)."]
     src, tgt = Image.fromarray(_noise(32, 32, 1)), Image.fromarray(_noise(32, 32, 2))
     ex = Example(src, tgt, *captions_for("denoise"))
@@ -83,7 +84,7 @@ def test_clip_and_dino_metrics_on_tiny_random_networks(nets) -> None:
 def test_unavailable_networks_are_skipped_with_a_note(tmp_path) -> None:
     suite = MetricSuite.load(tmp_path / "no-clip-here", None, "alex")
     assert suite.clip is None and suite.dino is None
-    assert suite.names == list(PIXEL_METRICS)
+    assert suite.names == [*PIXEL_METRICS, *EDIT_METRICS]
     text = " ".join(suite.notes)
     assert "clip_image, clip_dir, clip_t, clip_i skipped: could not load" in text and "no-clip-here" in text
     assert "dino skipped" in text and "lpips skipped" in text

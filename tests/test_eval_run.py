@@ -11,6 +11,7 @@ from instructsd.cli import run
 from instructsd.data.build import build_dataset
 from instructsd.edit.editor import EditSettings
 from instructsd.eval.compare import format_table, run_compare
+from instructsd.eval.edit_metrics import EDIT_METRICS
 from instructsd.eval.provenance import sha256_file
 from instructsd.eval.rows import TASK_CAPTIONS
 from instructsd.eval.suite import MetricSuite
@@ -25,7 +26,8 @@ def test_eval_records_seeds_versions_and_model_hashes(tmp_path, tiny_model, caps
     assert "identity" in capsys.readouterr().out  # the terminal table
     doc = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert doc["seeds"]["base"] == 3 and doc["seed"] == 3 and doc["settings"]["num_inference_steps"] == 1
-    assert doc["metrics"] == ["psnr", "ssim"]  # the PSNR/SSIM suite unless a network metric is asked for
+    # The PSNR/SSIM suite (with the edit-aware metrics, issue 16) unless a network metric is asked for.
+    assert doc["metrics"] == ["psnr", "ssim", *EDIT_METRICS]
     assert {r["method"] for r in doc["per_image"]} == {"model", "identity", "ground_truth"}
     assert doc["provenance"]["packages"]["torch"]
     hashes = doc["provenance"]["models"]["model"]["sha256"]

@@ -77,5 +77,5 @@ def compare_cmd(
                          columns=Columns(input_column, edited_column, prompt_column, task_column, group_column))
     for note in result.notes:
         typer.echo(f"note: {note}")
-    typer.echo(format_table(result.summary, ("psnr", "ssim", "clip_dir", "clip_i", "dino")))
+    typer.echo(format_table(result.summary, ("psnr", "ssim", "identity_rate", "preservation", "clip_dir", "clip_i", "dino")))
     typer.echo(f"report: {result.report}")

@@ -34,8 +34,9 @@ from tqdm.auto import tqdm
 from instructsd.data.load import Columns, load_split
 from instructsd.edit.editor import EditSettings, edit_images, load_pipeline
 from instructsd.errors import InstructSDError
+from instructsd.eval.edit_metrics import EDIT_METRICS, collapse_note
 from instructsd.eval.following import following_tasks, instruction_following
-from instructsd.eval.metrics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
+from instructsd.eval.metrics import ALL_TASKS, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, summarize
 from instructsd.eval.provenance import provenance
 from instructsd.eval.report import GROUND_TRUTH, write_report
 from instructsd.eval.rows import DATASET_SET, INSTRUCTION_SETS, SKIPPED_ROWS, Example, check_rows, paraphrases, prepare_rows, skipped_note
@@ -265,6 +266,7 @@ def run_compare(
 
     keys = suite.names
     summary = summarize(per_image, metric_keys=keys)
+    all_notes += collapse_notes(summary)
     generalization = _generalization(gen_rows, keys) if sets else []
 
     prov = provenance(methods, dataset)
@@ -298,13 +300,20 @@ def run_compare(
     return CompareResult(out, report, summary, per_image, sweep_points, generalization, all_notes, skipped)
 
 
-def format_table(summary: list[dict], keys: Sequence[str] = ("psnr", "ssim")) -> str:
+def collapse_notes(summary: list[dict]) -> list[str]:
+    """A warning per model whose outputs mostly returned their input (``eval.edit_metrics``; issue 16)."""
+    notes = (collapse_note(r["method"], r["identity_rate"]) for r in summary
+             if r["task"] == ALL_TASKS and r["method"] not in (IDENTITY, GROUND_TRUTH) and "identity_rate" in r)
+    return [n for n in notes if n]
+
+
+def format_table(summary: list[dict], keys: Sequence[str] = ("psnr", "ssim", *EDIT_METRICS)) -> str:
     """The summary as an aligned text table for the terminal."""
     keys = [k for k in keys if any(k in r for r in summary)]
-    lines = [f"{'task':<12} {'method':<16} {'n':>4} {'photos':>6} " + " ".join(f"{k:>9}" for k in keys)]
+    lines = [f"{'task':<12} {'method':<16} {'n':>4} {'photos':>6} " + " ".join(f"{k:>{max(9, len(k))}}" for k in keys)]
     for row in summary:
         lines.append(f"{row['task']:<12} {row['method']:<16} {row['n']:>4} {row['n_groups']:>6} "
-                     + " ".join(f"{row[k]:>9.3f}" for k in keys))
+                     + " ".join(f"{row[k]:>{max(9, len(k))}.3f}" for k in keys))
     return "\n".join(lines)
 
 

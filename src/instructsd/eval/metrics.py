@@ -197,16 +197,21 @@ PIXEL_METRICS: dict[str, Metric] = {
 }
 
 # Metrics where a smaller value is the better one (the report marks the minimum as best).
-LOWER_IS_BETTER = frozenset({"l1", "l2", "lpips"})
+LOWER_IS_BETTER = frozenset({"l1", "l2", "lpips", "identity_rate", "preservation", "preservation_lpips"})
+# Metrics with no better direction (read against the ground truth's value): never marked best.
+UNRANKED = frozenset({"edit_strength", "edit_strength_lpips"})
 
 # Digits shown per metric; others use 4 significant digits.
 METRIC_FORMATS = {"psnr": "{:.2f}", "ssim": "{:.3f}", "psnr_y": "{:.2f}", "ssim_y": "{:.3f}", "l1": "{:.4f}",
                    "l2": "{:.4f}", "lpips": "{:.3f}", "clip_image": "{:.3f}", "clip_dir": "{:.3f}", "clip_t": "{:.3f}",
-                   "clip_i": "{:.3f}", "dino": "{:.3f}"}
+                   "clip_i": "{:.3f}", "dino": "{:.3f}", "identity_rate": "{:.2f}", "preservation": "{:.4f}",
+                   "edit_strength": "{:.4f}", "preservation_lpips": "{:.3f}", "edit_strength_lpips": "{:.3f}"}
 METRIC_TITLES = {"psnr": "PSNR (dB) ↑", "ssim": "SSIM ↑", "psnr_y": "PSNR-Y (dB) ↑", "ssim_y": "SSIM-Y ↑",
                   "l1": "L1 ↓", "l2": "L2 ↓", "lpips": "LPIPS ↓", "clip_image": "CLIP image sim. (input) ↑",
                   "clip_dir": "CLIP direction ↑", "clip_t": "CLIP-T ↑", "clip_i": "CLIP-I (ground truth) ↑",
-                  "dino": "DINO (ground truth) ↑"}
+                  "dino": "DINO (ground truth) ↑", "identity_rate": "identity rate ↓",
+                  "preservation": "L1 outside edit mask ↓", "edit_strength": "L1 inside edit mask (vs input)",
+                  "preservation_lpips": "LPIPS outside edit mask ↓", "edit_strength_lpips": "LPIPS inside edit mask"}
 
 
 def format_metric(key: str, value: float) -> str:

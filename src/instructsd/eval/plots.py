@@ -1,4 +1,5 @@
-"""SVG plots drawn by hand for the report: per-task bars, the guidance sweep, curves, the loss.
+"""SVG plots drawn by hand for the report: per-task bars, the guidance sweeps, curves, the loss
+(and the dual-guidance trade-off also as a PNG, drawn with PIL, for a training run's folder).
 
 No plotting library: each plot is a few dozen lines of SVG, so a report needs nothing installed
 to be written or read.
@@ -170,6 +171,69 @@ def sweep_svg(points: list[dict], methods: Sequence[str]) -> str:
         out.extend(f.legend(k, colour, m))
     out.append("</svg>")
     return "\n".join(out)
+
+
+def tradeoff_svg(series: Mapping[str, list[tuple[float, float, str]]], xlabel: str, ylabel: str) -> str:
+    """A guidance trade-off: one line per series (e.g. a checkpoint at one text guidance) through its
+    (x, y) points, each labelled (e.g. with its image guidance), as the InstructPix2Pix paper's fig. 4 draws it."""
+    series = {k: v for k, v in series.items() if v and all(math.isfinite(x) and math.isfinite(y) for x, y, _ in v)}
+    if not series:
+        return ""
+    xs = [x for v in series.values() for x, _, _ in v]
+    ys = [y for v in series.values() for _, y, _ in v]
+    f = _Frame(_padded(min(xs), max(xs), 0.1), _padded(min(ys), max(ys), 0.1), (560, 340), (60, 170, 20, 44),
+               xlabel, ylabel)
+    out = f.open()
+    for k, (name, points) in enumerate(series.items()):
+        colour = _PALETTE[k % len(_PALETTE)]
+        coords = " ".join(f"{f.px(x):.1f},{f.py(y):.1f}" for x, y, _ in points)
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{coords}"/>')
+        for x, y, label in points:
+            out.append(f'<circle cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="3" fill="{colour}"><title>{_e(name)}, '
+                       f'{_e(label)}</title></circle>')
+            out.append(f'<text x="{f.px(x) + 4:.1f}" y="{f.py(y) - 4:.1f}" fill="{colour}">{_e(label)}</text>')
+        out.extend(f.legend(k, colour, name))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def tradeoff_png(series: Mapping[str, list[tuple[float, float, str]]], xlabel: str, ylabel: str):
+    """:func:`tradeoff_svg` drawn as a PIL image (for a PNG beside a run's files; no plotting library)."""
+    from PIL import Image, ImageDraw
+
+    W, H, left, right, top, bottom = 560, 340, 60, 170, 20, 44
+    image = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(image)
+    series = {k: v for k, v in series.items() if v and all(math.isfinite(x) and math.isfinite(y) for x, y, _ in v)}
+    if not series:
+        draw.text((left, top), "no finite points to plot", fill="black")
+        return image
+    xs = [x for v in series.values() for x, _, _ in v]
+    ys = [y for v in series.values() for _, y, _ in v]
+    f = _Frame(_padded(min(xs), max(xs), 0.1), _padded(min(ys), max(ys), 0.1), (W, H), (left, right, top, bottom),
+               xlabel, ylabel)
+    draw.rectangle((left, top, left + f.pw, top + f.ph), outline="#444")
+    xt, xd = nice_ticks(f.x0, f.x1)
+    for t in xt:
+        draw.text((f.px(t) - 10, top + f.ph + 4), f"{t:.{xd}f}", fill="black")
+    yt, yd = nice_ticks(f.y0, f.y1)
+    for t in yt:
+        draw.line((left, f.py(t), left + f.pw, f.py(t)), fill="#eee")
+        draw.text((4, f.py(t) - 6), f"{t:.{yd}f}", fill="black")
+    draw.text((left + f.pw / 2 - 3 * len(xlabel), H - 16), xlabel, fill="black")
+    draw.text((left + 4, top + 2), ylabel, fill="black")
+    for k, (name, points) in enumerate(series.items()):
+        colour = _PALETTE[k % len(_PALETTE)]
+        coords = [(f.px(x), f.py(y)) for x, y, _ in points]
+        if len(coords) > 1:
+            draw.line(coords, fill=colour, width=2)
+        for (cx, cy), (_, _, label) in zip(coords, points):
+            draw.ellipse((cx - 3, cy - 3, cx + 3, cy + 3), fill=colour)
+            draw.text((cx + 4, cy - 12), label, fill=colour)
+        ly = top + 14 + 16 * k
+        draw.line((left + f.pw + 10, ly, left + f.pw + 30, ly), fill=colour, width=2)
+        draw.text((left + f.pw + 34, ly - 6), name, fill="black")
+    return image
 
 
 def curves_svg(curves: Mapping[str, list[tuple[float, float]]], ylabel: str, xlabel: str = "step") -> str:

@@ -28,8 +28,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
-from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, METRIC_TITLES, format_metric, to_array
-from instructsd.eval.plots import bar_chart_svg, curves_svg, loss_svg, sweep_svg
+from instructsd.eval.metrics import ALL_TASKS, LOWER_IS_BETTER, METRIC_TITLES, UNRANKED, format_metric, to_array
+from instructsd.eval.plots import bar_chart_svg, curves_svg, loss_svg, sweep_svg, tradeoff_svg
 from instructsd.eval.suite import VS_GROUND_TRUTH
 from instructsd.files import atomic_write_bytes
 
@@ -125,7 +125,7 @@ def _metrics_section(metrics: list[dict[str, Any]], references: frozenset[str] |
         cells = []
         for k in keys:
             sign = -1.0 if k in LOWER_IS_BETTER else 1.0
-            is_best = (row["method"] not in references and methods.get(task, 0) > 1
+            is_best = (row["method"] not in references and methods.get(task, 0) > 1 and k not in UNRANKED
                        and sign * row[k] == best[task, k])
             ci = f'<span class="ci">[{format_metric(k, row[f"{k}_lo"])}, {format_metric(k, row[f"{k}_hi"])}]</span>'
             cells.append(f'<td class="num{" best" if is_best else ""}">{format_metric(k, row[k])} {ci}</td>')
@@ -270,6 +270,7 @@ def write_report(
     generalization: Sequence[dict] = (),
     curves: Mapping[str, Mapping[str, list]] | None = None,
     loss_curve: list[tuple[int, float]] | None = None,
+    tradeoff: tuple[str, str, Mapping[str, list]] | None = None,
     config: Mapping[str, Any] | None = None,
     seeds: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -286,6 +287,8 @@ def write_report(
         image given as a relative path is linked, a PIL image or array is embedded.
     sweep / generalization: `compare`'s sweep points and generalisation rows. curves: {metric:
         {series: [(step, value)]}}. loss_curve: (step, loss) pairs; non-finite losses are skipped.
+    tradeoff: (x metric, y metric, {series: [(x, y, point label)]}), the dual-guidance sweep's curves
+        (``eval.guidance_sweep``), e.g. one series per checkpoint and text guidance.
     notes: lines shown under the title. config, seeds, provenance: dumped as YAML at the end.
     following: instruction-following results (:func:`instructsd.eval.following.instruction_following`),
         one confusion matrix each. lead: one sentence saying what was shown, above everything else.
@@ -327,6 +330,11 @@ def write_report(
     if sweep:
         sections.append("<h2>Image-guidance sweep</h2><p>Each point is one image-guidance scale (label), averaged over "
                         "every compared image; text guidance fixed.</p>" + sweep_svg(list(sweep), methods))
+    if tradeoff is not None and tradeoff[2]:
+        x, y, series = tradeoff
+        sections.append("<h2>Dual-guidance sweep</h2><p>Each line is one checkpoint at one text guidance s_T; each "
+                        "point one image guidance s_I (label), averaged over the validation rows.</p>"
+                        + tradeoff_svg(series, METRIC_TITLES.get(x, x), METRIC_TITLES.get(y, y)))
     sections.append(_generalization_section(list(generalization), keys))
     sections.append(_following_section(list(following)))
     sections.append(_grids_section(examples or {}))

@@ -17,6 +17,9 @@ Definitions (docs/evaluation.md has them in full):
 - clip_i      cos(E_I(output), E_I(ground truth)) -- MagicBrush's CLIP-I.
 - dino        cos(DINO CLS(output), DINO CLS(ground truth)) -- MagicBrush's DINO score.
 - lpips       LPIPS distance to the ground truth (Zhang et al. 2018), lower is better.
+- identity_rate, preservation, edit_strength (and their LPIPS forms with an LPIPS model): the
+              output against its input, split by the pair's automatic edit mask
+              (``eval.edit_metrics``, issue 16); on by default (``edit=False`` turns them off).
 
 E_I / E_T are CLIP's projected image / text embeddings (`get_image_features` /
 `get_text_features`), each L2-normalised before the cosine.
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from instructsd.eval.edit_metrics import EDIT_LPIPS_METRICS, EDIT_METRICS, edit_mask, edit_scores
 from instructsd.eval.metrics import METRICS, PIXEL_METRICS, to_array
 from instructsd.eval.rows import Example
 
@@ -164,6 +168,7 @@ class MetricSuite:
     lpips: LpipsScorer | None = None
     notes: list[str] = field(default_factory=list)
     pixel: tuple[str, ...] = tuple(PIXEL_METRICS)  # which of PIXEL_METRICS to compute
+    edit: bool = True  # the edit-aware metrics of eval.edit_metrics (output vs input, by the edit mask)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -188,15 +193,16 @@ class MetricSuite:
 
     @classmethod
     def headline(cls) -> MetricSuite:
-        """PSNR and SSIM only: `instructsd eval`'s default, in-training validation and the tiny base's card."""
+        """PSNR, SSIM and the edit-aware metrics (no network): `instructsd eval`'s default, in-training
+        validation and the tiny base's card."""
         return cls(pixel=tuple(METRICS))
 
     @property
     def names(self) -> list[str]:
         """Metric keys this suite produces, in report order."""
-        out = list(self.pixel)
+        out = list(self.pixel) + (list(EDIT_METRICS) if self.edit else [])
         if self.lpips is not None:
-            out += LPIPS_METRICS
+            out += LPIPS_METRICS + (EDIT_LPIPS_METRICS if self.edit else ())
         if self.clip is not None:
             out += CLIP_METRICS
         if self.dino is not None:
@@ -221,6 +227,11 @@ class MetricSuite:
         Missing captions are an error when CLIP is loaded: the text metrics need both.
         """
         scores = {name: PIXEL_METRICS[name](output, example.target) for name in self.pixel}
+        if self.edit:
+            # The mask belongs to the pair, not the output: computed once per example (issue 16).
+            mask = self._cached(None if key is None else ("mask", key), lambda: edit_mask(example.source, example.target))
+            scores.update(edit_scores(output, example.source, example.target, mask,
+                                      None if self.lpips is None else self.lpips.distance))
         if self.lpips is not None:
             scores["lpips"] = self.lpips.distance(output, example.target)
         if self.clip is not None:

@@ -43,7 +43,7 @@ def checkpoints(out: Path) -> list[Path]:
 # What a run writes into its folder; a new run replaces these (with overwrite=true) and nothing else,
 # so a shared latent cache (cache/) or the user's own files there survive.
 RUN_FILES = ("config.yaml", "losses.jsonl", "validation.jsonl", "validation", "checkpoints", "final", "lora",
-             "tensorboard", "ranks", "wandb", "skipped_rows.jsonl")
+             "tensorboard", "ranks", "wandb", "skipped_rows.jsonl", "best", "best.json", "report.html")
 
 
 def previous_run(out: Path) -> list[str]:

@@ -20,13 +20,25 @@ from instructsd.errors import InstructSDError
 @dataclass
 class ValidationSettings:
     """How in-training validation edits: the edit function's settings (``EditSettings``) that apply
-    to it, under the same names and with the same defaults, so validation edits as ``instructsd edit`` does."""
+    to it, under the same names and with the same defaults, so validation edits as ``instructsd edit`` does;
+    then what it measures beyond PSNR/SSIM and the edit-aware metrics (issue 16): the dual-guidance sweep,
+    the best pick, and CLIP / LPIPS models."""
 
     num_inference_steps: int = opt(DEFAULT_STEPS, "Sampling steps of each validation edit.")
     image_guidance_scale: float = opt(DEFAULT_IMAGE_GUIDANCE, "Image guidance scale s_I (eq. 3; any finite value >= 0).")
     guidance_scale: float = opt(DEFAULT_GUIDANCE, "Text guidance scale s_T (eq. 3; any finite value >= 0).")
     scheduler: SchedulerChoice = opt("auto", "Sampler: auto (Euler ancestral, or Euler for prediction_type sample) or one "
                                              f"of {', '.join(SCHEDULER_NAMES)}.")
+    # --- edit-aware validation (issue 16; train/validation.py) ---
+    sweep: bool = opt(False, "At each validation also edit the rows at every (text, image) guidance pair of sweep_text × sweep_image: validation/sweep-step-N.json and .png.")
+    sweep_text: list = opt([3.0, 7.5], "Text guidance scales s_T of the sweep grid.")
+    sweep_image: list = opt([1.0, 1.5, 2.0], "Image guidance scales s_I of the sweep grid.")
+    best_metric: str = opt("", "Pick the best validation by this metric over all rows (psnr, ssim, preservation, edit_strength, identity_rate, clip_*), never one flagged as collapsed: best.json and best/; empty = no pick.")
+    final_is_best: bool = opt(False, "Save the best validation's weights (best_metric) as final/ instead of the last step's.")
+    clip: str = opt("none", "CLIP model (local folder or hub id) for clip_dir / clip_image etc. of each validation; none = skip.")
+    lpips: str = opt("none", "LPIPS backbone (alex or vgg; the lpips package) for lpips and the masked LPIPS metrics; none = skip.")
+
+    EDIT_KEYS: ClassVar[tuple[str, ...]] = ("num_inference_steps", "image_guidance_scale", "guidance_scale", "scheduler")
 
     def __post_init__(self) -> None:
         # Checked here, not at the first validation edit thousands of steps in (issue 11, item 7).
@@ -36,12 +48,19 @@ class ValidationSettings:
                                    ("validation.image_guidance_scale", "validation.guidance_scale"))
         if problem is not None:
             raise InstructSDError(f"invalid config: {problem}")
+        for key in ("sweep_text", "sweep_image"):
+            scales = getattr(self, key)
+            if not scales or any(guidance_problem(v, 1.0) for v in scales):
+                raise InstructSDError(f"invalid config: validation.{key} must be a non-empty list of finite numbers >= 0, "
+                                      f"e.g. [1.0, 1.5, 2.0]; got {scales!r}")
+        if self.final_is_best and not self.best_metric:
+            raise InstructSDError("invalid config: validation.final_is_best=true needs validation.best_metric (e.g. psnr)")
 
     def edit_settings(self):
         """These settings as the edit function takes them (an ``instructsd.edit.editor.EditSettings``)."""
         from instructsd.edit.editor import EditSettings
 
-        return EditSettings(**to_dict(self))
+        return EditSettings(**{k: v for k, v in to_dict(self).items() if k in self.EDIT_KEYS})
 
 
 @dataclass
@@ -100,6 +119,8 @@ class TrainConfig:
     prediction_type: Optional[Literal["epsilon", "v_prediction", "sample"]] = opt(None, "Training target; null uses the base model's scheduler setting.")
     snr_gamma: Optional[float] = opt(None, "Min-SNR-γ loss weighting (Hang et al. 2023; 5.0 is their choice); null = plain MSE.")
     noise_offset: float = opt(0.0, "Add this times per-channel N(0,1) to the noise (Guttenberg 2023) so the model learns very dark/bright images; 0 = off.")
+    edit_region_weight: float = opt(1.0, "Loss weight inside each pair's automatic edit mask (eval/edit_metrics.py), downsampled to the latents; 1 with keep_region_weight 1 = plain loss.")
+    keep_region_weight: float = opt(1.0, "Loss weight outside the edit mask (what the edit should keep).")
     # --- bookkeeping -------------------------------------------------------------------------
     seed: int = opt(42, "Seed for weights init order, data order, noise and dropout (rank-offset per process).")
     log_every: int = opt(10, "Log the loss every N optimizer steps.")
@@ -109,7 +130,7 @@ class TrainConfig:
     overwrite: bool = opt(False, "Start fresh even if output_dir holds another run, replacing that run's files (a shared cache/ is kept); without it such a start is refused.")
     trust_checkpoint_pickles: bool = opt(False, "Resume from a checkpoint whose files hold pickled Python objects (older instructsd); a pickle can run code, so only for checkpoints you wrote yourself.")
     validation_every: int = opt(0, "Edit the fixed validation subset every N optimizer steps and log PSNR/SSIM (0 = never).")
-    validation: ValidationSettings = opt(ValidationSettings(), "How in-training validation edits: the edit function's sampling settings (as `instructsd edit`).")
+    validation: ValidationSettings = opt(ValidationSettings(), "How in-training validation edits (the edit function's sampling settings, as `instructsd edit`), what it measures, sweeps and picks (issue 16).")
     report_to: Optional[Literal["tensorboard", "wandb", "all", "none"]] = opt(None, "Trackers that also get the loss, learning rate, gradient norm, validation metrics and grids (losses.jsonl and validation.jsonl are always written): tensorboard (output_dir/tensorboard), wandb, all, none; null = tensorboard when installed.")
     num_validation_images: int = opt(4, "Validation images per task in the fixed in-training validation subset (spread over the split).")
 
@@ -151,6 +172,13 @@ class TrainConfig:
              "when building the shards (a mixture file for `instructsd data build`), or use streaming=false")
         need(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 (or null)")
         need(self.noise_offset >= 0, "noise_offset must be >= 0")
+        need(self.edit_region_weight >= 0 and self.keep_region_weight >= 0 and self.edit_region_weight + self.keep_region_weight > 0,
+             "edit_region_weight and keep_region_weight must be >= 0 and not both 0")
+        need(not self.cache_latents or (self.edit_region_weight, self.keep_region_weight) == (1, 1),
+             "edit_region_weight/keep_region_weight need the pixels of each pair (the edit mask), which cache_latents=true "
+             "does not keep; set cache_latents=false or both weights to 1")
+        need(not self.validation.final_is_best or self.validation_every > 0,
+             "validation.final_is_best=true needs validation_every > 0 (the best is picked among validations)")
         if self.task_weights is not None:
             need(isinstance(self.task_weights, dict) and len(self.task_weights) > 0
                  and all(isinstance(v, (int, float)) and v >= 0 for v in self.task_weights.values())

@@ -41,9 +41,10 @@ from instructsd.train.batches import Batches, count_skipped, read_train_rows
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
 from instructsd.train.encoders import CachedEncoder, VAEEncoder, encoder_and_batches, freeze, place_frozen
-from instructsd.train.objective import DropoutProbs
+from instructsd.train.objective import DropoutProbs, region_weights
 from instructsd.train.step import batch_loss
 from instructsd.train.tracking import RunLog, StepTimer, resolve_report_to
+from instructsd.train.validation import load_best_weights
 
 OOM_HINT = ("out of memory at step {step}; try a smaller train_batch_size (keeping the effective batch with a larger "
             "gradient_accumulation_steps), gradient_checkpointing=true, lora_rank=8, cache_latents=true, "
@@ -239,7 +240,7 @@ def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: tor
     """The fixed validation subset (None when validation_every=0); its edits need the frozen parts on the device."""
     if not cfg.validation_every:
         return None
-    from instructsd.train.validation import fixed_subset
+    from instructsd.train.validation import validation_set
 
     place_frozen(components, accelerator.device, weight_dtype)
     if cfg.streaming:
@@ -250,7 +251,7 @@ def _validation_set(cfg: TrainConfig, components, accelerator, weight_dtype: tor
         from instructsd.data.load import load_split
 
         rows = load_split(cfg.dataset, "validation", [cfg.input_column, cfg.edited_column, cfg.prompt_column])
-    return fixed_subset(rows, cfg)
+    return validation_set(rows, cfg, str(accelerator.device))
 
 
 # --- loop ---------------------------------------------------------------------------------------------
@@ -272,7 +273,8 @@ def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | 
                     continue
                 # lr: this step's rate was set when lr_scheduler stepped at the end of the previous step.
                 with accelerator.accumulate(unet):
-                    loss = batch_loss(cfg, unet, p.scheduler, p.encoder, batch, p.noise_gen, p.probs, p.prediction_type)
+                    loss = batch_loss(cfg, unet, p.scheduler, p.encoder, batch, p.noise_gen, p.probs, p.prediction_type,
+                                      weights=region_weights(cfg, batch))  # edit-region loss (issue 16)
                     gathered = accelerator.gather(loss.detach()[None])
                     _refuse_non_finite(gathered, run, accelerator.process_index, batch)
                     accelerator.backward(loss)
@@ -348,6 +350,8 @@ def save(cfg: TrainConfig, p: Parts, result: TrainResult, started: float) -> Non
         trained = copy.deepcopy(accelerator.unwrap_model(p.unet)).to("cpu", torch.float32)
         if p.ema is not None:
             p.ema.copy_to([t for t in trained.parameters() if t.requires_grad])
+        if cfg.validation.final_is_best:  # the best validation's weights instead (issue 16; train/validation.py)
+            load_best_weights(trained, p.out)
         if p.lora:
             from instructsd.models.lora import merge_adapter, save_adapter
 

@@ -6,6 +6,11 @@ z_t is the edited image's latent noised to step t; E(c_I), the latent of the inp
 concatenated on the channel axis. For classifier-free guidance on both conditions
 (sec. 3.2.1) the text is replaced by the empty prompt, the image latent by zeros, or both,
 each with its own probability. Randomness comes only from the generator passed in.
+
+Optionally (issue 16) the squared error is weighted per latent element by where the edit is:
+the automatic edit mask of the pair (``eval.edit_metrics``, the mask the validation metrics use),
+downsampled to the latent grid, weighs the edited region by ``edit_region_weight`` and the rest
+by ``keep_region_weight``. Weights 1/1 are the plain loss.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from instructsd.eval.edit_metrics import edit_mask_tensor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +91,19 @@ def min_snr_weights(scheduler: DDPMScheduler, timesteps: torch.Tensor, gamma: fl
     return clipped
 
 
+def region_weight_map(input_pixels: torch.Tensor, edited_pixels: torch.Tensor, inside: float, outside: float) -> torch.Tensor:
+    """Per-pixel loss weights (B, 1, H, W) of pairs on [-1, 1]: ``inside`` on the edit mask, ``outside`` elsewhere."""
+    mask = edit_mask_tensor((input_pixels + 1) / 2, (edited_pixels + 1) / 2).float()
+    return outside + (inside - outside) * mask
+
+
+def region_weights(cfg, batch: dict) -> torch.Tensor | None:
+    """The batch's pixel weights under ``cfg.edit_region_weight`` / ``cfg.keep_region_weight``; None when both are 1."""
+    if cfg.edit_region_weight == 1 and cfg.keep_region_weight == 1:
+        return None
+    return region_weight_map(batch["input_pixels"], batch["edited_pixels"], cfg.edit_region_weight, cfg.keep_region_weight)
+
+
 def instruct_pix2pix_loss(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,
@@ -99,6 +119,7 @@ def instruct_pix2pix_loss(
     pooled: torch.Tensor | None = None,
     null_pooled: torch.Tensor | None = None,
     time_ids: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean-squared error of one InstructPix2Pix training step.
 
@@ -108,6 +129,9 @@ def instruct_pix2pix_loss(
     (Guttenberg 2023, "Diffusion with offset noise") so very dark or bright images are learnable.
     SDXL (models/backbone.py) adds the pooled text ``pooled`` [B, P], dropped to ``null_pooled``
     [1, P] together with the text, and the per-sample size/crop ``time_ids`` [B, 6], never dropped.
+    ``weights`` (B, 1, H, W) in pixels (:func:`region_weights`) are averaged over each latent cell
+    (area downsampling to the latents' grid, so a cell half inside the mask gets the mean weight) and
+    multiply the squared error element-wise.
     """
     bsz = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents)
@@ -130,7 +154,12 @@ def instruct_pix2pix_loss(
         added = {"text_embeds": pooled, "time_ids": time_ids.to(pooled)}
     pred = unet(torch.cat([noisy, image], dim=1), timesteps, encoder_hidden_states=text, added_cond_kwargs=added).sample
     target = training_target(scheduler, latents, noise, timesteps, prediction_type)
-    if snr_gamma is None:
+    if snr_gamma is None and weights is None:
         return F.mse_loss(pred.float(), target.float())
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    error = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if weights is not None:
+        error = error * F.adaptive_avg_pool2d(weights.to(error), latents.shape[-2:])
+    if snr_gamma is None:
+        return error.mean()
+    per_sample = error.mean(dim=(1, 2, 3))
     return (per_sample * min_snr_weights(scheduler, timesteps, snr_gamma, prediction_type)).mean()

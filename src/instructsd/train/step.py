@@ -13,10 +13,11 @@ from instructsd.train.objective import DropoutProbs, instruct_pix2pix_loss
 
 
 def batch_loss(cfg, unet, scheduler, encoder, batch: dict, noise_gen: torch.Generator, probs: DropoutProbs,
-               prediction_type: str) -> torch.Tensor:
+               prediction_type: str, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The InstructPix2Pix loss of ``batch`` (its latents, conditioning dropout and noise drawn from ``noise_gen``)."""
     image_latents, latents = encoder.latents(batch, noise_gen)
     text, null = encoder.text(batch["prompts"]), encoder.null_text
     return instruct_pix2pix_loss(unet, scheduler, latents, image_latents, text.embeds, null.embeds, probs, noise_gen,
                                  prediction_type, snr_gamma=cfg.snr_gamma, noise_offset=cfg.noise_offset,
-                                 pooled=text.pooled, null_pooled=null.pooled, time_ids=encoder.time_ids(batch))
+                                 pooled=text.pooled, null_pooled=null.pooled, time_ids=encoder.time_ids(batch),
+                                 weights=weights)
