@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -49,6 +50,8 @@ def compare_cmd(
     task_column: str = TASK_COLUMN,
     group_column: str = GROUP_COLUMN,
     batch_size: int = typer.Option(8, help="Images per pipeline call (results do not depend on it)."),
+    following: int = typer.Option(24, help="Held-out inputs for the instruction-following confusion matrix (run when the "
+                                           "split has two or more photo-operation tasks; 0 skips it)."),
 ) -> None:
     """Edit the same images with every model and score them all beside identity and ground truth."""
     from instructsd.data.load import Columns
@@ -73,9 +76,12 @@ def compare_cmd(
     suite = MetricSuite.load(clip, dino, lpips, device=dev)
     result = run_compare(labelled, dataset, out, split=split, teacher=teacher, settings=settings, per_task=per_task,
                          seed=seed, suite=suite, sweep=scales, instruction_sets=split_csv(instructions), device=dev,
-                         batch_size=batch_size, title=f"Comparison on {dataset} ({split})",
+                         batch_size=batch_size, title=f"Comparison on {dataset} ({split})", following=following,
                          columns=Columns(input_column, edited_column, prompt_column, task_column, group_column))
     for note in result.notes:
         typer.echo(f"note: {note}")
+    for follow in json.loads((result.out / "metrics.json").read_text()).get("following", []):
+        typer.echo(f"instruction following, {follow['label']}: {follow['accuracy']:.0%} "
+                   f"[{follow['accuracy_lo']:.0%}, {follow['accuracy_hi']:.0%}] of {follow['n']} edits")
     typer.echo(format_table(result.summary, ("psnr", "ssim", "identity_rate", "preservation", "clip_dir", "clip_i", "dino")))
     typer.echo(f"report: {result.report}")
