@@ -10,7 +10,12 @@ import os
 import sys
 import warnings
 
-import typer
+# Before torch loads libgomp: its worker threads otherwise spin while they wait, and on a CPU shared
+# with other work a training step then runs several times slower (benchmarks/RESULTS.md, "CPU threads").
+# A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
 
 from instructsd.cli import bench, compare, config, data, demo, edit, evaluate, experiment, model, quickstart, train
 from instructsd.errors import InstructSDError

@@ -54,7 +54,10 @@ def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, see
     if in_channels not in (4, 8):
         raise InstructSDError(f"--in-channels must be 4 (Stable Diffusion) or 8 (InstructPix2Pix), got {in_channels}")
     torch.manual_seed(seed)
-    texts = [text for task in TASKS.values() for text in task.instructions]  # the tokenizer learns our tasks' words
+    # The tokenizer learns our tasks' words. Photo operations (issue 15) are left out: their hundreds of
+    # amount-stating wordings would change every tiny model's vocabulary (and the pinned losses built on
+    # it); byte-level BPE still encodes them, a few more tokens each.
+    texts = [text for task in TASKS.values() if task.photo_op is None for text in task.instructions]
     tok_dir = tokenizer_dir or Path(tempfile.mkdtemp(prefix="instructsd-tok-"))
     tokenizer = train_tokenizer(texts, tok_dir, vocab_size=spec.vocab_size)
 
