@@ -128,6 +128,8 @@ def write_chunks_on_ray(
         finally:  # an error or an interrupt: stop the rest; a chunk cut short is made again on resume
             for ref in pending:
                 ray.cancel(ref, force=True)
+            if pending:  # let them go before a rerun can start (write_chunk tolerates one that doesn't)
+                ray.wait(list(pending), num_returns=len(pending), timeout=10)
 
 
 def _write_chunk(write: Callable[..., None], plan, c: int, parts: str) -> None:

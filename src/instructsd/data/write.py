@@ -222,7 +222,12 @@ def write_chunk(plan: Plan, c: int, parts: Path) -> None:
         (tmp / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
         counts = {split: sum(1 for s, _ in rows if s == split) for split in SPLIT_NAMES}
         (tmp / CHUNK_ROWS).write_text(json.dumps(counts))
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:  # another writer of this chunk was first (a cancelled or retried Ray task):
+            if not chunk_complete(final):  # its rows are these rows, so its chunk stands
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
