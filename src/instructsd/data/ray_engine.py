@@ -31,7 +31,7 @@ from types import ModuleType
 from instructsd.errors import InstructSDError
 
 ENGINES = ("local", "ray")
-MAX_RETRIES = 3  # Ray Data's default is unbounded; a chunk that kills its worker every time must end the build
+MAX_RETRIES = 3  # bounded (Ray Data's map stages retry forever): a chunk that kills its worker each time ends the build
 INSTALL_HINT = "pip install instructsd[ray]"
 
 
@@ -78,11 +78,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, *, prog
             raise InstructSDError(f"cannot start or reach {where}: {str(err).splitlines()[0]}; "
                                   "check --address (e.g. auto, or ray://HEAD:10001)") from err
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # instructsd draws its own bar, one tick per finished block
+    kept = context.enable_progress_bars, context.print_on_execution_start
+    context.enable_progress_bars = False  # instructsd draws its own bar, one tick per finished item
     context.print_on_execution_start = progress
     try:
         yield ray
     finally:
+        context.enable_progress_bars, context.print_on_execution_start = kept  # a caller's session is theirs
         if owned:
             ray.shutdown()
 
