@@ -161,3 +161,14 @@ def test_engine_options_are_checked_before_any_work(mixture_file, tmp_path):
     with pytest.raises(InstructSDError, match="add --engine ray"):
         build_mixture(mixture_file, tmp_path / "ds", address="auto", progress=False)
     assert not (tmp_path / "ds.parts").exists()
+
+
+@needs_ray
+def test_ray_edit_is_for_batches(tiny_model, tmp_path):
+    photo(0, (40, 32)).save(tmp_path / "p.png")
+    args = ["edit", "--model", tiny_model, "--image", str(tmp_path / "p.png"), "--instruction", "Denoise the image.",
+            "--engine", "ray"]
+    assert run([*args, "--out", str(tmp_path / "one.png")]) == 1
+    assert run([*args, "--out", str(tmp_path / "grid"), "--sweep", "steps=1,2"]) == 1
+    assert not (tmp_path / "one.png").exists() and not (tmp_path / "grid").exists()
+
