@@ -31,6 +31,8 @@ def data_build(
     inverse: float = typer.Option(0.0, help="Share of rows of invertible photo operations made as inverse pairs (edited photo, opposite instruction, original)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     overwrite: bool = typer.Option(False, help="Replace OUT if it exists (only after the new dataset is complete)."),
+    engine: str = typer.Option("local", help="local, or ray: the chunks as Ray tasks, the same dataset (docs/scale.md); --num-proc is then a local Ray instance's CPUs."),
+    address: Optional[str] = typer.Option(None, help="With --engine ray: the Ray cluster (auto, ray://HEAD:10001); default a local instance."),
 ) -> None:
     """Make (input, instruction, edited) pairs and save train/validation splits.
 
@@ -46,7 +48,8 @@ def data_build(
     if mixture is not None:
         if images is not None:
             raise InstructSDError("--images and --mixture do not mix; put the folder in the mixture as source: {folder: DIR}")
-        data = build_mixture(mixture, out, num_proc=num_proc, shard=part, overwrite=overwrite, progress=progress)
+        data = build_mixture(mixture, out, num_proc=num_proc, shard=part, overwrite=overwrite, progress=progress,
+                             engine=engine, address=address)
     else:
         from instructsd.data.card import SAMPLES_LICENSE
         from instructsd.data.samples import GROUPS, sample_images
@@ -59,7 +62,7 @@ def data_build(
                              max_pixels=max_pixels, num_proc=num_proc, shard=part, overwrite=overwrite,
                              progress=progress, source_licenses=None if images else [SAMPLES_LICENSE], command=command,
                              groups=None if images else GROUPS, holdout=split_csv(holdout) if holdout else (),
-                             inverse=inverse)
+                             inverse=inverse, engine=engine, address=address)
     if data is None:
         typer.echo(f"wrote shard {shard} parts to {out}; join all shards with `instructsd data join OUT PARTS...`")
         return

@@ -34,14 +34,18 @@ def edit_cmd(
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (slow first edit)."),
     device: Optional[str] = typer.Option(None, help="cuda, mps or cpu (default: the best available)."),
     dtype: str = typer.Option("fp32", help="fp32, fp16 or bf16."),
+    engine: str = typer.Option("local", help="local, or ray: a folder's edits spread over Ray actors, one pipeline each (docs/scale.md)."),
+    address: Optional[str] = typer.Option(None, help="With --engine ray: the Ray cluster (auto, ray://HEAD:10001); default a local instance."),
+    actors: Optional[int] = typer.Option(None, help="With --engine ray: pipelines at once (default one per GPU, or one)."),
 ) -> None:
     """Edit images by instructions; every output PNG records how it was made."""
     import dataclasses
 
     from tqdm import tqdm
 
-    from instructsd.edit.batch import FAILURES, edit_batch, parse_sweep, planned_files, sweep_grid
-    from instructsd.edit.editor import EditSettings, configure_pipeline, edit_images, load_pipeline, native_side as model_side
+    from instructsd.data.ray_engine import check_engine
+    from instructsd.edit.batch import edit_batch, parse_sweep, planned_files, sweep_grid
+    from instructsd.edit.editor import EditSettings, bounded_settings, configure_pipeline, edit_images, load_pipeline
     from instructsd.edit.inputs import collect_inputs, read_image
     from instructsd.edit.io import save_png
     from instructsd.edit.outputs import check_folder, check_not_an_input, check_single_file, is_single_file, open_folder
@@ -55,12 +59,15 @@ def edit_cmd(
         native_side=native_side,
     )
     sweeps = [parse_sweep(s) for s in sweep]
+    check_engine(engine, address)
     sources = collect_inputs(image)
     # Where the outputs go is settled before any model loads (instructsd.edit.outputs).
     check_not_an_input(out, sources)
     single_file = is_single_file(out)
     if single_file and (len(sources) != 1 or len(instruction) != 1 or len(seed) != 1 or sweeps):
         raise InstructSDError(f"--out {out} is a file, but this run makes several images; pass a folder")
+    if engine == "ray" and (single_file or sweeps):
+        raise InstructSDError("--engine ray edits a batch into a folder; drop it for one file or a --sweep")
     if sweeps and len(sources) * len(instruction) != 1:
         raise InstructSDError("--sweep works on one image and one instruction")
     root = Path(image[0]) if len(image) == 1 and Path(image[0]).is_dir() else None
@@ -72,13 +79,21 @@ def edit_cmd(
     else:
         check_folder(out, planned_files(sources, len(instruction), seed, root), overwrite)
 
+    total = len(sources) * len(instruction) * len(seed)
+    if engine == "ray":  # each actor loads the model itself (instructsd.edit.ray_batch)
+        from instructsd.edit.ray_batch import edit_batch_on_ray
+
+        with tqdm(total=total, desc="editing", unit="edit") as bar:
+            result = edit_batch_on_ray(
+                model, sources, instruction, seed, out, settings, batch_size=batch_size, model_name=model, root=root,
+                max_pixels=max_pixels, progress=bar.update, overwrite=overwrite, device=device, dtype=dtype,
+                configure={"attention_slicing": attention_slicing, "vae_tiling": vae_tiling,
+                           "cpu_offload": cpu_offload, "compile_unet": compile}, address=address, actors=actors)
+        return _report(result, out)
     pipe = load_pipeline(model, device=None if cpu_offload else device, dtype=dtype)
     configure_pipeline(pipe, attention_slicing=attention_slicing, vae_tiling=vae_tiling,
                        cpu_offload=cpu_offload, compile_unet=compile)
-    if settings.highres == "off" and settings.max_side is None:
-        # Bounded memory by default (issue 17): without the high-res carry-back the model edits at the
-        # output size, so that size defaults to the model's own; a larger one is the user's explicit choice.
-        settings = dataclasses.replace(settings, max_side=settings.native_side or model_side(pipe))
+    settings = bounded_settings(settings, pipe)
     meta = {"model": model, **dataclasses.asdict(settings)}
 
     if single_file:  # the simple form: one image, one instruction, one seed → out.png
@@ -97,11 +112,18 @@ def edit_cmd(
         typer.echo(f"wrote {path} ({len(cells)} edits)")
         return
 
-    total = len(sources) * len(instruction) * len(seed)
     with tqdm(total=total, desc="editing", unit="edit") as bar:
         result = edit_batch(pipe, sources, instruction, seed, out, settings, batch_size=batch_size,
                             model_name=model, root=root, max_pixels=max_pixels, progress=bar.update,
                             overwrite=overwrite)
+    _report(result, out)
+
+
+def _report(result, out: Path) -> None:
+    """What a batch wrote, and where its failures are listed."""
+    from instructsd.edit.batch import FAILURES
+    from instructsd.errors import InstructSDError
+
     typer.echo(f"wrote {len(result.outputs)} images to {out}")
     if result.failures and not result.outputs:
         raise InstructSDError(f"every input failed ({len(result.failures)}); see {out / FAILURES}")

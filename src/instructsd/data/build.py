@@ -48,6 +48,8 @@ def build_dataset(
     groups: Mapping[str, str] | None = None,
     holdout: Sequence[str] = (),
     inverse: float = 0.0,
+    engine: str = "local",
+    address: str | None = None,
 ) -> datasets.DatasetDict | None:
     """Make ``crops_per_image`` pairs per photo and task and save them with train/validation splits.
 
@@ -67,7 +69,8 @@ def build_dataset(
         max_pixels: photos whose header declares more pixels are skipped, before decoding.
         progress: show progress bars.
         overwrite: replace an existing dataset at ``out_dir``, only once the new one is complete.
-        num_proc, shard: worker processes and ``(I, N)`` sharding, as for ``build_mixture``.
+        num_proc, shard, engine, address: worker processes, ``(I, N)`` sharding, ``local`` or
+            ``ray`` and the Ray cluster, as for ``build_mixture``.
         source_licenses: ``[{"source": ..., "license": ...}]`` of the photos, for the card.
         command: the command that rebuilds this dataset, for the card (the CLI passes itself).
         groups: ``{photo name: group}`` for photos that are one scene (default: each its own);
@@ -105,7 +108,7 @@ def build_dataset(
     command = command or (f"instructsd.data.build_dataset(images, out, tasks={task_names!r}, size={size}, "
                           f"crops_per_image={crops_per_image}, val_fraction={val_fraction}, seed={seed})")
     return build_mixture(mixture, out_dir, num_proc=num_proc, shard=shard, overwrite=overwrite, progress=progress,
-                         command=command, source_licenses=source_licenses)
+                         command=command, source_licenses=source_licenses, engine=engine, address=address)
 
 
 def _check_args(images, tasks: Sequence[str], crops_per_image: int, val_fraction: float) -> tuple[str, ...]:

@@ -42,6 +42,7 @@ from instructsd.data.layouts import SPLIT_NAMES
 from instructsd.data.load import open_saved
 from instructsd.data.mixture import ROW_KEYS, Mixture, load_mixture
 from instructsd.data.plan import Plan, make_plan
+from instructsd.data.ray_engine import check_engine, write_chunks_on_ray
 from instructsd.data.rows import make_rows
 from instructsd.errors import InstructSDError
 from instructsd.files import atomic_write_text
@@ -89,6 +90,8 @@ def build_mixture(
     progress: bool = True,
     command: str | None = None,
     source_licenses: Sequence[Mapping[str, str]] | None = None,
+    engine: str = "local",
+    address: str | None = None,
 ) -> datasets.DatasetDict | None:
     """Build the dataset a mixture describes into ``out_dir``.
 
@@ -103,6 +106,10 @@ def build_mixture(
         command: what rebuilds the dataset, for the card (default: the mixture build).
         source_licenses: ``[{source, license}]`` of the photos, for the card, when the mixture
             cannot say (photos passed in from Python).
+        engine: ``local`` (``num_proc`` processes here) or ``ray`` (chunks as Ray Data blocks,
+            :mod:`instructsd.data.ray_engine`; ``num_proc`` CPUs for a local Ray instance); the
+            same chunk files, so the same dataset.
+        address: a Ray cluster to run on (``engine="ray"``); default a local instance.
 
     Returns:
         The saved dataset, or ``None`` for a shard (its parts folder is the result).
@@ -116,6 +123,7 @@ def build_mixture(
         mixture = load_mixture(mixture)
     if num_proc < 1:
         raise InstructSDError(f"num_proc must be at least 1, got {num_proc}")
+    check_engine(engine, address, num_proc)
     out_dir = Path(out_dir).absolute()
     sharded = shard[1] > 1
     clear_debris(out_dir)
@@ -131,7 +139,11 @@ def build_mixture(
             and not chunk_complete(parts / "chunks" / _chunk_name(c))]
     bar = tqdm(total=len(todo), desc="building chunks", unit="chunk", disable=not progress)
     try:
-        if num_proc == 1 or len(todo) <= 1:
+        if engine == "ray":
+            for _ in write_chunks_on_ray(write_chunk, plan, todo, parts, address=address,
+                                         num_cpus=num_proc, progress=progress):
+                bar.update()
+        elif num_proc == 1 or len(todo) <= 1:
             with _datasets_progress(False):
                 for c in todo:
                     write_chunk(plan, c, parts)
@@ -210,7 +222,12 @@ def write_chunk(plan: Plan, c: int, parts: Path) -> None:
         (tmp / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
         counts = {split: sum(1 for s, _ in rows if s == split) for split in SPLIT_NAMES}
         (tmp / CHUNK_ROWS).write_text(json.dumps(counts))
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:  # another writer of this chunk was first (a cancelled or retried Ray task):
+            if not chunk_complete(final):  # its rows are these rows, so its chunk stands
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -76,9 +76,30 @@ def planned_files(sources: Sequence[Path], n_instructions: int, seeds: Sequence[
     return names
 
 
-def _record_failure(out_dir: Path, source: str, error: str) -> None:
-    with open(out_dir / FAILURES, "a") as f:  # appended line by line: survives a crash
-        f.write(json.dumps({"image": source, "error": error}) + "\n")
+def record(result: BatchResult, out_dir: Path, source: Path, written: list[Path], error: str | None) -> None:
+    """Add one input's outcome to ``result``; a failure also goes to ``failures.jsonl``."""
+    if error is not None:
+        with open(out_dir / FAILURES, "a") as f:  # appended line by line: survives a crash
+            f.write(json.dumps({"image": str(source), "error": error}) + "\n")
+        result.failures.append((str(source), error))
+    result.outputs += written
+
+
+def open_batch_folder(out_dir: str | Path, sources: Sequence[Path], instructions: Sequence[str],
+                      seeds: Sequence[int], root: Path | None, overwrite: bool) -> Path:
+    """Check and open the output folder of a batch (instructsd.edit.outputs), before any edit."""
+    if not instructions:
+        raise InstructSDError("give at least one --instruction")
+    out_dir = Path(out_dir)
+    check_folder(out_dir, planned_files(sources, len(instructions), seeds, root), overwrite)
+    open_folder(out_dir)
+    (out_dir / FAILURES).unlink(missing_ok=True)  # an earlier run's; check_folder allowed replacing it
+    return out_dir
+
+
+def batch_jobs(instructions: Sequence[str], seeds: Sequence[int]) -> list[tuple[int, str, int]]:
+    """Every (instruction index, instruction, seed) one input is edited with, in output order."""
+    return [(k, text, seed) for k, text in enumerate(instructions) for seed in seeds]
 
 
 def edit_batch(
@@ -101,37 +122,50 @@ def edit_batch(
     Jobs of one image share batches of ``batch_size``. An image that fails in any way — while
     reading, editing or saving — is recorded in ``out_dir/failures.jsonl`` and skipped.
     ``overwrite`` lets this run replace files an earlier run left in ``out_dir``.
+    (:func:`instructsd.edit.ray_batch.edit_batch_on_ray` does the same on Ray.)
     """
-    if not instructions:
-        raise InstructSDError("give at least one --instruction")
-    out_dir = Path(out_dir)
-    check_folder(out_dir, planned_files(sources, len(instructions), seeds, root), overwrite)
-    open_folder(out_dir)
-    (out_dir / FAILURES).unlink(missing_ok=True)  # an earlier run's; check_folder allowed replacing it
+    out_dir = open_batch_folder(out_dir, sources, instructions, seeds, root, overwrite)
     result = BatchResult()
-    jobs = [(k, text, seed) for k, text in enumerate(instructions) for seed in seeds]
+    jobs = batch_jobs(instructions, seeds)
     stems = output_stems(sources, root)
     for source in sources:
-        written: list[Path] = []
-        edited = None
-        try:
-            # The decode stops at the size the edit needs when the format allows (JPEG draft).
-            image = read_image(source, max_pixels=max_pixels, max_side=settings.max_side)
-            edited = edit_images(pipe, [image] * len(jobs), [j[1] for j in jobs], settings,
-                                 seeds=[j[2] for j in jobs], batch_size=batch_size, progress=progress)
-            del image
-            for (k, text, seed), out in zip(jobs, edited):
-                meta = {"model": model_name, "image": str(source), "instruction": text, "seed": seed,
-                        **dataclasses.asdict(settings)}
-                written.append(save_png(out, out_dir / output_name(stems[source], k, seed), meta))
-        except Exception as err:  # noqa: BLE001 - MemoryError, DecompressionBombError, anything: one image never stops the batch
-            message = str(err).splitlines()[0] if str(err) else type(err).__name__
-            _record_failure(out_dir, str(source), message)
-            result.failures.append((str(source), message))
-            if progress is not None and edited is None:  # edit_images did not count these jobs
-                progress(len(jobs))
-        result.outputs += written
+        written, error = edit_one(pipe, source, stems[source], jobs, out_dir, settings, batch_size=batch_size,
+                                  model_name=model_name, max_pixels=max_pixels, progress=progress)
+        record(result, out_dir, source, written, error)
     return result
+
+
+def edit_one(
+    pipe,
+    source: Path,
+    stem: str,
+    jobs: Sequence[tuple[int, str, int]],
+    out_dir: Path,
+    settings: EditSettings,
+    *,
+    batch_size: int = 1,
+    model_name: str = "",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[Path], str | None]:
+    """Edit one input by every job and save the outputs; return them and the error, if any (never raises)."""
+    written: list[Path] = []
+    edited = None
+    try:
+        # The decode stops at the size the edit needs when the format allows (JPEG draft).
+        image = read_image(source, max_pixels=max_pixels, max_side=settings.max_side)
+        edited = edit_images(pipe, [image] * len(jobs), [j[1] for j in jobs], settings,
+                             seeds=[j[2] for j in jobs], batch_size=batch_size, progress=progress)
+        del image
+        for (k, text, seed), out in zip(jobs, edited):
+            meta = {"model": model_name, "image": str(source), "instruction": text, "seed": seed,
+                    **dataclasses.asdict(settings)}
+            written.append(save_png(out, out_dir / output_name(stem, k, seed), meta))
+    except Exception as err:  # noqa: BLE001 - MemoryError, DecompressionBombError, anything: one image never stops the batch
+        if progress is not None and edited is None:  # edit_images did not count these jobs
+            progress(len(jobs))
+        return written, str(err).splitlines()[0] if str(err) else type(err).__name__
+    return written, None
 
 
 # --- sweeps --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ the height and width are always passed where the pipeline takes them.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 from dataclasses import dataclass
@@ -141,6 +142,14 @@ def fit_size(image: Image.Image, multiple: int = 8, max_side: int | None = None)
 def native_side(pipe: StableDiffusionInstructPix2PixPipeline) -> int:
     """The longer side, in pixels, the model was trained at (UNet sample size × VAE factor)."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def bounded_settings(settings: EditSettings, pipe) -> EditSettings:
+    """Bounded memory by default (issue 17): without the high-res carry-back the model edits at the
+    output size, so that size defaults to the model's own; a larger one is the user's explicit choice."""
+    if settings.highres == "off" and settings.max_side is None:
+        return dataclasses.replace(settings, max_side=settings.native_side or native_side(pipe))
+    return settings
 
 
 def configure_pipeline(
