@@ -153,3 +153,24 @@ def test_pretrain_train_config_is_the_preset_with_typed_changes(tmp_path):
     assert tcfg.report_to == "none"
     assert (tcfg.base_model, tcfg.resolution, tcfg.max_train_steps, tcfg.cache_latents) == (str(tmp_path / "init"), 32, 3, True)
     assert tcfg.lr_warmup_steps == load_config(TrainConfig, "tiny-cpu").lr_warmup_steps  # the rest is the preset's
+
+
+def test_continued_pretraining_starts_from_the_bases_weights_with_a_training_scheduler(tmp_path):
+    import hashlib
+
+    from diffusers import DDPMScheduler
+
+    from instructsd.recipes.pretrain_tiny import build_init_model
+
+    cfg = PretrainConfig(init_from=TINY_BASE_ALIAS, train={"prediction_type": "sample"})
+    stats = build_init_model(cfg, tmp_path / "data-unused", tmp_path / "init")
+    assert stats["continued_from"] == TINY_BASE_ALIAS and stats["psnr"] == tiny_base_record()["autoencoder"]["psnr"]
+    for part in ("unet", "vae", "text_encoder"):
+        (weights,) = (tiny_base_path() / part).glob("*.safetensors")
+        copied = tmp_path / "init" / part / weights.name
+        assert hashlib.sha256(copied.read_bytes()).digest() == hashlib.sha256(weights.read_bytes()).digest()
+    scheduler = DDPMScheduler.from_pretrained(tmp_path / "init", subfolder="scheduler")
+    assert type(scheduler) is DDPMScheduler and scheduler.config.prediction_type == "sample"
+    assert not (tmp_path / "init" / "README.md").exists()  # the base's card stays behind
+    with pytest.raises(InstructSDError, match="not a model folder"):
+        build_init_model(PretrainConfig(init_from=str(tmp_path)), tmp_path, tmp_path / "init2")
