@@ -43,7 +43,7 @@ def checkpoints(out: Path) -> list[Path]:
 # What a run writes into its folder; a new run replaces these (with overwrite=true) and nothing else,
 # so a shared latent cache (cache/) or the user's own files there survive.
 RUN_FILES = ("config.yaml", "losses.jsonl", "validation.jsonl", "validation", "checkpoints", "final", "lora",
-             "tensorboard", "ranks", "wandb", "skipped_rows.jsonl")
+             "tensorboard", "ranks", "wandb", "skipped_rows.jsonl", "buckets.json", "data_mix.json")
 
 
 def previous_run(out: Path) -> list[str]:
@@ -148,6 +148,8 @@ def data_position(cfg, epoch: int, position: int) -> dict:
     layout = {"streaming": cfg.streaming, "train_batch_size": cfg.train_batch_size, "seed": cfg.seed}
     if cfg.streaming:
         layout.update(shuffle_buffer=cfg.shuffle_buffer, max_train_samples=cfg.max_train_samples)
+    if cfg.aspect_buckets:  # only then, so checkpoints from before buckets still resume
+        layout.update(aspect_buckets=True, bucket_area=cfg.bucket_area or cfg.resolution ** 2, bucket_step=cfg.bucket_step)
     return {"epoch": epoch, "position": position, "rows_read": position * cfg.train_batch_size, "data_layout": layout}
 
 
