@@ -159,7 +159,7 @@ def check_data_position(state: dict, cfg, folder: Path) -> None:
     if saved is None:  # written before the layout was recorded
         return
     now = data_position(cfg, 0, 0)["data_layout"]
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(saved)) if saved.get(k) != now.get(k)]
     if changed:
         raise InstructSDError(
             f"checkpoint '{folder}' was written with other data settings ({'; '.join(changed)}); its data position "
