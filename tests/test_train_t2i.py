@@ -50,13 +50,25 @@ def mixed(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def test_a_t2i_component_writes_captioned_rows_with_a_black_input_all_in_train(mixed):
+def test_a_t2i_component_writes_captioned_rows_with_a_black_input_all_in_train(mixed, tmp_path):
     data = load_from_disk(str(mixed))
     t2i = [row for row in data["train"] if row["task"] == "t2i"]
     assert sorted(row["edit_prompt"] for row in t2i) == ["a small painting number 0", "a small painting number 1"]
     for row in t2i:
         assert not np.asarray(row["input_image"]).any() and np.asarray(row["edited_image"]).std() > 0
     assert "t2i" not in data["validation"]["task"]
+
+    # The other source: a datasets folder with an image and a caption column.
+    table = datasets.Dataset.from_dict({"picture": [photo(30 + i, (40, 32)) for i in range(2)],
+                                        "alt": ["a red kite", "a green field"]})
+    table.cast_column("picture", datasets.Image()).save_to_disk(str(tmp_path / "table"))
+    mix = parse_mixture({"size": 24, "components": [
+        {"t2i": {"dataset": str(tmp_path / "table"), "image": "picture", "caption": "alt"}}]})
+    built = build_mixture(mix, tmp_path / "from-table", progress=False)
+    assert sorted(built["train"]["edit_prompt"]) == ["a green field", "a red kite"] and set(built["train"]["task"]) == {"t2i"}
+    with pytest.raises(InstructSDError, match="no caption column 'caption'"):
+        build_mixture(parse_mixture({"components": [{"t2i": {"dataset": str(tmp_path / "table"), "caption": "caption"}}]}),
+                      tmp_path / "nope", progress=False)
     with pytest.raises(InstructSDError, match="needs 'caption'"):
         parse_mixture({"components": [{"t2i": {"dataset": "some/images"}}]})
     with pytest.raises(InstructSDError, match="takes its images from 't2i' alone"):
