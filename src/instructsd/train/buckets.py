@@ -13,8 +13,8 @@ rows), which is emitted when full and sliced by rank — every process gets the 
 batches, all of one bucket at each position. Tails that fill no global batch are dropped, as
 ``rank_batches`` drops the epoch's tail. The batch list is a pure function of (seed, epoch), so a
 checkpoint's (epoch, batch) position resumes it exactly. A bucket with too few rows to fill one
-global batch is merged into its nearest bucket in aspect ratio before training, so no row is never
-trained. The buckets and their row counts go to ``buckets.json`` in the run folder.
+global batch is merged into its nearest bucket in aspect ratio before training, so every row
+trains. The buckets and their row counts go to ``buckets.json`` in the run folder.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class TrainConfig:
     prompt_column: str = opt("edit_prompt", "Dataset column holding the instruction.")
     drop_safety_checker: bool = opt(False, "Save final/ without the base's safety checker and feature extractor (kept by default; the model card says when dropped).")
     # --- data ------------------------------------------------------------------------------
-    resolution: int = opt(256, "Training size in pixels: shorter side resized to this, then cropped square (aspect kept, never squashed).")
+    resolution: int = opt(256, "Training size in pixels: shorter side resized to this, then cropped square (aspect kept, never squashed); with aspect_buckets, resolution² is the default bucket area.")
     random_flip: bool = opt(True, "Flip input and target together, independently for each sample.")
     max_train_samples: Optional[int] = opt(None, "Use only the first N training rows (for quick experiments).")
     dataloader_num_workers: int = opt(0, "DataLoader worker processes (0 = load in the training process).")
