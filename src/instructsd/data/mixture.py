@@ -25,7 +25,8 @@ such components and how many pairs each contributes::
         count: 500
 
 Component kinds: ``degradations`` (synthetic: clean source photo -> degraded input, clean
-target), ``teacher`` (photo -> teacher's output), ``paired`` (input and target files), or a
+target), ``teacher`` (photo -> teacher's output), ``paired`` (input and target files), ``t2i``
+(captioned images for text-to-image rows: :mod:`instructsd.data.t2i`), or a
 built-in ``task`` of :data:`instructsd.data.tasks.TASKS` (its registered degradation, teacher
 or photo operation) applied to ``source`` photos. A photo-operation component (``task: exposure``,
 ``task: photo_compound``, ...) records each row's parameters in ``edit_params``, skips grayscale
@@ -82,6 +83,7 @@ from instructsd.data.images import DEFAULT_MAX_PIXELS
 from instructsd.data.instructions import split_task
 from instructsd.data.layouts import LAYOUT_TASKS, LAYOUTS, PairRule, layout_options
 from instructsd.data.load import COLUMNS
+from instructsd.data.t2i import T2I_TASK, check_t2i_source
 from instructsd.data.tasks import TASKS
 from instructsd.data.teachers import check_teacher
 from instructsd.errors import InstructSDError
@@ -93,7 +95,7 @@ DEFAULT_COLUMNS = dict(zip(("input_image", "edit_prompt", "edited_image"), COLUM
 _TOP_KEYS = {"seed", "size", "val_fraction", "min_size", "max_pixels", "chunk_size", "instructions",
              "columns", "total", "components", "seed_scheme", "split", "holdout"}
 _COMPONENT_KEYS = {"name", "task", "source", "paired", "teacher", "degradations", "count",
-                   "weight", "test_count", "inverse"}
+                   "weight", "test_count", "inverse", "t2i"}
 _PAIRED_KEYS = {"layout", "root", "input", "target", "pair", "unmatched"}
 ROW_KEYS = COLUMNS[3:]
 """Columns every mixture row has besides the three named by ``columns``: task, source, group, part."""
@@ -108,7 +110,7 @@ class Component:
     task: str
     """Task name written to the ``task`` column (compound for composed degradations)."""
     kind: str
-    """``synthetic`` | ``teacher`` | ``photo`` | ``paired`` (a built-in task is one of the first three)."""
+    """``synthetic`` | ``teacher`` | ``photo`` | ``paired`` | ``t2i`` (a built-in task is one of the first three)."""
     source: object = None
     """A source mapping (``{folder: DIR}`` ...) or, from Python, a source object (in-memory photos)."""
     paired: Mapping | None = None
@@ -223,7 +225,12 @@ def _parse_component(c: Mapping, where: str) -> Component:
           f"test_count must be a non-negative integer, got {test_count!r}")
     _need(test_count is None or "paired" in c, where, "test_count is for paired components (official test parts)")
     task = c.get("task")
-    if "degradations" in c:
+    if "t2i" in c:  # captioned images: text-to-image rows (data/t2i.py)
+        _need(not {"source", "paired", "teacher", "degradations"} & set(c) and task in (None, T2I_TASK), where,
+              f"a t2i component takes its images from 't2i' alone (no source/paired/teacher/degradations; task {T2I_TASK})")
+        check_t2i_source(c["t2i"], where)
+        kind, task, specs = "t2i", T2I_TASK, ()
+    elif "degradations" in c:
         _need("source" in c and "paired" not in c and "teacher" not in c, where,
               "'degradations' needs a 'source' (and no 'paired' or 'teacher')")
         specs = tuple(parse_specs(c["degradations"]))
@@ -266,7 +273,7 @@ def _parse_component(c: Mapping, where: str) -> Component:
     _need(isinstance(inverse, (int, float)) and 0 <= inverse <= 1, where, f"inverse must be in [0, 1], got {inverse!r}")
     _need(not inverse or (kind == "photo" and TASKS[task].invertible), where,
           f"inverse pairs need an invertible photo operation, not {task!r}")
-    if kind != "photo":
+    if kind not in ("photo", "t2i"):  # a t2i row's instruction is its caption
         split_task(task)  # every task needs an instruction bank (a photo op's is checked by the registry)
     if "source" in c:
         src = c["source"]
@@ -275,7 +282,7 @@ def _parse_component(c: Mapping, where: str) -> Component:
         _need(isinstance(src, Mapping) or hasattr(src, "load_many"), where,
               f"source must be a mapping (or, from Python, a source object), got {type(src).__name__}")
     teacher = c.get("teacher", TASKS[task].teacher if kind == "teacher" and task in TASKS else None)
-    return Component(name=str(c.get("name", task)), task=task, kind=kind, source=c.get("source"),
+    return Component(name=str(c.get("name", task)), task=task, kind=kind, source=c.get("t2i", c.get("source")),
                      paired=c.get("paired"), teacher=teacher, degradations=specs,
                      count=count, weight=weight, test_count=test_count, inverse=float(inverse))
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from instructsd.data.mixture import _PAIRED_KEYS, Component, Mixture, _paired_keys
 from instructsd.data.sources import FolderSource, HubSource, PairedSource, SampleSource
+from instructsd.data.t2i import open_t2i_source
 from instructsd.errors import InstructSDError
 
 _SPLIT_STREAM = 2  # build_dataset's split words [seed, 0, 0, 0, 2] (legacy rule)
@@ -33,6 +34,8 @@ _SPLIT_STREAM = 2  # build_dataset's split words [seed, 0, 0, 0, 2] (legacy rule
 
 def open_source(component: Component, max_pixels: int):
     """The component's source object (folder listed, pairs matched, dataset opened)."""
+    if component.kind == "t2i":
+        return open_t2i_source(component.source, max_pixels)
     if component.kind == "paired":
         _, options = _paired_keys(component.paired)
         known = {k: v for k, v in component.paired.items() if k in _PAIRED_KEYS}
@@ -149,8 +152,9 @@ def make_plan(mixture: Mixture) -> Plan:
         held = sorted(k for k in range(n) if splits[k] != "train")
         if comp.test_count is not None:
             held = sorted(sorted(held, key=lambda k: _unit_hash(mixture.seed, "order", names[k]))[:comp.test_count])
-        # Carve validation from training pairs only, unless the dataset has its own.
-        fraction = 0.0 if "validation" in splits else mixture.val_fraction
+        # Carve validation from training pairs only, unless the dataset has its own; text-to-image rows
+        # all train (an edit metric on them would measure nothing).
+        fraction = 0.0 if "validation" in splits or comp.kind == "t2i" else mixture.val_fraction
         plan.names.append(names)
         plan.counts.append(count + len(held))
         plan.n_train.append(count)

@@ -136,6 +136,14 @@ def _make_row(mix: Mixture, ci: int, comp: Component, teacher, img, k: int, c: i
         rng = np.random.default_rng([mix.seed, ci, k, c])
         box = crop_box(w, h, c, np.random.default_rng([mix.seed, ci, k, c, _CROP_STREAM]))
     params = ""  # a photo operation's edit_params
+    if comp.kind == "t2i":  # the image is the target; the black input is never seen (data/t2i.py)
+        image, caption = img
+        if not caption:
+            raise _Skip("empty caption")
+        target = _resize(image, box, mix.size)
+        cols = mix.columns
+        return {cols["input_image"]: _png(np.zeros_like(target)), cols["edit_prompt"]: caption,
+                cols["edited_image"]: _png(target), "task": comp.task, "edit_params": ""}
     if comp.kind == "paired":
         inp_im, target_im = img
         if inp_im.size != target_im.size:

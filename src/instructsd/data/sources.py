@@ -227,14 +227,18 @@ class HubSource:
 
         return to_rgb(ImageOps.exif_transpose(value))
 
+    def _item(self, row: dict):
+        """What ``load`` gives for one row (a captioned source adds the caption: data/t2i.py)."""
+        return self._to_image(row[self.column])
+
     def load(self, k: int) -> Image.Image:
-        return dict(self.load_many([k]))[k] if self.streaming else self._to_image(self._ds[k][self.column])
+        return dict(self.load_many([k]))[k] if self.streaming else self._item(self._ds[k])
 
     def load_many(self, ks):
         ks = sorted(set(ks))
         if not self.streaming:
             for k in ks:
-                yield k, _try(lambda k: self._to_image(self._ds[k][self.column]), k)
+                yield k, _try(lambda k: self._item(self._ds[k]), k)
             return
         # A stream has no random access: one pass over the covered range.
         wanted, start = set(ks), ks[0]
@@ -242,7 +246,7 @@ class HubSource:
         for offset, row in enumerate(stream):
             k = start + offset
             if k in wanted:
-                yield k, _try(lambda r: self._to_image(r[self.column]), row)
+                yield k, _try(self._item, row)
 
 
 def _try(fn, arg):

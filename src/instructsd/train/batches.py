@@ -5,14 +5,17 @@ and ``epoch(epoch, skip)``, this process's batches of that epoch from batch ``sk
 dict of ``prompts``, ``indices`` (the good samples), ``bad`` (those that failed to decode) and
 what the encoder (train/encoders.py) turns into latents: ``input_pixels`` and ``edited_pixels``,
 or ``input_latents`` and ``target_moments`` read from the latent cache; and ``crops``, each sample's
-original size and crop (train/data.py's ``paired_crop``), which SDXL conditions on. The loop never asks
-which kind it holds. Each epoch's data is a pure function of (seed, epoch, rank), so a resumed
+original size and crop (train/data.py's ``paired_crop``), which SDXL conditions on; and ``kinds``, each
+sample's ``edit`` or ``t2i`` (train/kinds.py). With ``aspect_buckets`` a batch holds one bucket's shape
+(train/buckets.py). The loop never asks which source it holds; ``kind_counts(epoch, batches)`` says
+how many samples of each kind the first ``batches`` batches of an epoch hold (all of it when None). Each epoch's data is a pure function of (seed, epoch, rank), so a resumed
 run asks for ``epoch(epoch, position)`` and continues with exactly the uninterrupted run's batches.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
@@ -25,6 +28,7 @@ from datasets.distributed import split_dataset_by_node
 from instructsd.data.images import DECODE_ERRORS, decode_reason, refuse_bombs
 from instructsd.data.load import load_split
 from instructsd.errors import InstructSDError
+from instructsd.train.buckets import assign_buckets, bucket_batches, bucket_set
 from instructsd.train.data import (
     _AUGMENT,
     InstructionSource,
@@ -34,6 +38,7 @@ from instructsd.train.data import (
     rank_batches,
     task_row_weights,
 )
+from instructsd.train.kinds import kind_of
 from instructsd.train.streaming import open_image, open_stream
 
 
@@ -41,6 +46,8 @@ class Batches(Protocol):
     def __len__(self) -> int: ...
 
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]: ...
+
+    def kind_counts(self, epoch: int, batches: int | None = None) -> Counter: ...
 
 
 # --- the training rows ------------------------------------------------------------------------
@@ -54,11 +61,14 @@ class TrainRows:
     count: int
     tasks: list[str | None]  # per row, for deferred instructions and the latent cache (map-style only)
     weights: np.ndarray | None  # per-row sampling weights from task_weights (map-style only)
+    buckets: list[tuple[int, int]] | None = None  # aspect_buckets: the (width, height) set (train/buckets.py)
+    assigned: np.ndarray | None = None  # aspect_buckets: each row's bucket index
 
 
-def read_train_rows(cfg) -> TrainRows:
-    """The train split named by ``cfg.dataset``: streamed when ``cfg.streaming``, else loaded."""
-    if cfg.streaming:  # parquet shards read as needed; no row count per task, no cache (config checks)
+def read_train_rows(cfg, world: int = 1) -> TrainRows:
+    """The train split named by ``cfg.dataset``: streamed when ``cfg.streaming``, else loaded (and, with
+    ``aspect_buckets``, each row given its bucket; ``world`` processes share each global batch)."""
+    if cfg.streaming:  # parquet shards read as needed; no row count per task, no cache, no buckets (config checks)
         stream, count = open_stream(cfg, "train")
         return TrainRows(stream, count, [], None)
     rows = load_split(cfg.dataset, "train", [cfg.input_column, cfg.edited_column, cfg.prompt_column])
@@ -71,7 +81,11 @@ def read_train_rows(cfg) -> TrainRows:
         raise InstructSDError(f"task_weights needs a '{cfg.task_column}' column in '{cfg.dataset}' (set task_column)")
     tasks = list(rows[cfg.task_column]) if has_tasks else [None] * len(rows)
     weights = task_row_weights(tasks, cfg.task_weights) if cfg.task_weights else None
-    return TrainRows(rows, len(rows), tasks, weights)
+    if not cfg.aspect_buckets:
+        return TrainRows(rows, len(rows), tasks, weights)
+    buckets = bucket_set(cfg.bucket_area or cfg.resolution ** 2, cfg.bucket_step)
+    assigned = assign_buckets(rows, cfg.input_column, buckets, min_rows=cfg.train_batch_size * world)
+    return TrainRows(rows, len(rows), tasks, weights, buckets, assigned)
 
 
 def training_batches(cfg, data: TrainRows, cache=None, *, rank: int = 0, world: int = 1,
@@ -88,11 +102,14 @@ def training_batches(cfg, data: TrainRows, cache=None, *, rank: int = 0, world: 
         dataset = CachedPairDataset(cache.latents, data.rows[cfg.prompt_column], data.tasks, flip=cfg.random_flip,
                                     seed=cfg.seed)
     else:
+        sizes = None if data.buckets is None else [data.buckets[b] for b in data.assigned]
         dataset = PairDataset(data.rows, size=cfg.resolution, flip=cfg.random_flip, seed=cfg.seed,
                               input_column=cfg.input_column, edited_column=cfg.edited_column,
-                              prompt_column=cfg.prompt_column, task_column=cfg.task_column, center_crop=cfg.center_crop)
+                              prompt_column=cfg.prompt_column, task_column=cfg.task_column, center_crop=cfg.center_crop,
+                              sizes=sizes)
     return MapBatches(dataset, seed=cfg.seed, batch_size=cfg.train_batch_size, rank=rank, world=world,
-                      weights=data.weights, num_workers=cfg.dataloader_num_workers)
+                      weights=data.weights, num_workers=cfg.dataloader_num_workers, assigned=data.assigned,
+                      kinds=[kind_of(t) for t in data.tasks])
 
 
 # --- map-style: pixels or cached latents ---------------------------------------------------------
@@ -100,22 +117,36 @@ def training_batches(cfg, data: TrainRows, cache=None, *, rank: int = 0, world: 
 
 class MapBatches:
     """Batches of a map-style dataset: each epoch's order is a seeded permutation (or weighted
-    draws), cut into global batches and sliced by rank (see train/data.py)."""
+    draws), cut into global batches — of one aspect bucket each when ``assigned`` gives each row's
+    bucket — and sliced by rank (see train/data.py and train/buckets.py)."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, *, seed: int, batch_size: int, rank: int, world: int,
-                 weights: np.ndarray | None = None, num_workers: int = 0):
+                 weights: np.ndarray | None = None, num_workers: int = 0, assigned: np.ndarray | None = None,
+                 kinds: Sequence[str] | None = None):
         self.dataset, self.seed, self.batch_size, self.rank, self.world = dataset, seed, batch_size, rank, world
-        self.weights, self.num_workers = weights, num_workers
+        self.weights, self.num_workers, self.assigned, self.kinds = weights, num_workers, assigned, kinds
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def batches(self, epoch: int, rank: int) -> list[list[int]]:
+        """Process ``rank``'s row indices of each batch of ``epoch``: a pure function of (seed, epoch)."""
+        order = epoch_order(len(self.dataset), self.seed, epoch, self.weights)
+        if self.assigned is not None:
+            return bucket_batches(order, self.assigned, self.batch_size, rank, self.world)
+        return rank_batches(order, self.batch_size, rank, self.world)
+
     def epoch(self, epoch: int, skip: int = 0) -> Iterator[dict]:
         self.dataset.set_epoch(epoch)
-        order = epoch_order(len(self.dataset), self.seed, epoch, self.weights)
-        batches = rank_batches(order, self.batch_size, self.rank, self.world)
+        batches = self.batches(epoch, self.rank)
         loader = iter(batch_loader(self.dataset, batches[skip:], self.num_workers))
         return refuse_empty_epoch(loader, epoch) if skip == 0 else loader
+
+    def kind_counts(self, epoch: int, batches: int | None = None) -> Counter:
+        """Samples of each kind in the first ``batches`` batches of ``epoch``, over all processes."""
+        kinds = self.kinds or ["edit"] * len(self.dataset)
+        return Counter(kinds[i] for rank in range(self.world) for batch in self.batches(epoch, rank)[:batches]
+                       for i in batch)
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -126,8 +157,10 @@ class PairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows: Dataset, *, size: int, flip: bool, seed: int, input_column: str, edited_column: str,
-                 prompt_column: str, task_column: str | None = None, center_crop: bool = False):
+                 prompt_column: str, task_column: str | None = None, center_crop: bool = False,
+                 sizes: Sequence[tuple[int, int]] | None = None):
         self.rows, self.size, self.flip, self.seed, self.center_crop = rows, size, flip, seed, center_crop
+        self.sizes = sizes  # per row: its aspect bucket's (width, height); None = the square ``size``
         self.columns = (input_column, edited_column, prompt_column)
         self.task_column = task_column if task_column and task_column in rows.column_names else None
         self.instruction = InstructionSource(seed)
@@ -147,12 +180,14 @@ class PairDataset(torch.utils.data.Dataset):
             if row[src_col] is None or row[tgt_col] is None:
                 raise ValueError("empty image cell")
             rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENT])
-            source, target, crops = paired_crop(row[src_col], row[tgt_col], self.size, rng, self.flip, self.center_crop)
+            size = self.size if self.sizes is None else self.sizes[int(index)]
+            source, target, crops = paired_crop(row[src_col], row[tgt_col], size, rng, self.flip, self.center_crop)
         except DECODE_ERRORS as err:
             return {"bad": True, "index": int(index), "error": decode_reason(err)}
         task = row[self.task_column] if self.task_column else None
         prompt = self.instruction(row[prompt_col], task, self.epoch, int(index))
-        return {"input_pixels": source, "edited_pixels": target, "crops": crops, "prompt": prompt, "index": int(index)}
+        return {"input_pixels": source, "edited_pixels": target, "crops": crops, "prompt": prompt, "index": int(index),
+                "kind": kind_of(task)}
 
 
 class CachedPairDataset(torch.utils.data.Dataset):
@@ -162,7 +197,8 @@ class CachedPairDataset(torch.utils.data.Dataset):
     samples the pixel run sees, already encoded.
     """
 
-    def __init__(self, latents: Dataset, prompts: Sequence[str], tasks: Sequence[str | None], *, flip: bool, seed: int):
+    def __init__(self, latents, prompts: Sequence[str], tasks: Sequence[str | None], *, flip: bool, seed: int):
+        # A Dataset row-aligned with the training rows, or train/cache.py's per-bucket BucketedLatents.
         self.latents = latents.with_format("torch")
         self.prompts, self.tasks, self.flip, self.seed = list(prompts), list(tasks), flip, seed
         self.instruction = InstructionSource(seed)
@@ -182,7 +218,7 @@ class CachedPairDataset(torch.utils.data.Dataset):
             return {"bad": True, "index": int(index), "error": "image failed to decode when the cache was built"}
         prompt = self.instruction(self.prompts[index], self.tasks[index], self.epoch, int(index))
         return {"input_latents": row[f"input_mode_{side}"], "target_moments": row[f"target_moments_{side}"],
-                "crops": row[f"crops_{side}"], "prompt": prompt, "index": int(index)}
+                "crops": row[f"crops_{side}"], "prompt": prompt, "index": int(index), "kind": kind_of(self.tasks[index])}
 
 
 def collate(samples: list[dict]) -> dict:
@@ -190,7 +226,8 @@ def collate(samples: list[dict]) -> dict:
     good = [s for s in samples if not s.get("bad")]
     out: dict = {"prompts": [s["prompt"] for s in good], "indices": [s["index"] for s in good],
                  "bad": [s["index"] for s in samples if s.get("bad")],
-                 "errors": [s.get("error", "failed to decode") for s in samples if s.get("bad")]}
+                 "errors": [s.get("error", "failed to decode") for s in samples if s.get("bad")],
+                 "kinds": [s.get("kind", "edit") for s in good]}
     for key in ("input_pixels", "edited_pixels", "input_latents", "target_moments", "crops"):
         if good and key in good[0]:
             out[key] = torch.stack([s[key] for s in good])
@@ -254,6 +291,7 @@ class StreamingPairs:
         self.task_column = task_column if task_column and task_column in (stream.column_names or []) else None
         self.batch_size, self.rank, self.world, self.agree = batch_size, rank, world, agree
         self.instruction = InstructionSource(seed)
+        self.counts: dict[int, Counter] = {}  # per epoch: this process's rows of each kind read so far
         # PIL decodes and resizes with the GIL released, so threads keep the order and still overlap.
         self.pool = ThreadPoolExecutor(num_workers) if num_workers else None
 
@@ -276,7 +314,12 @@ class StreamingPairs:
             return {"bad": True, "index": f"epoch {epoch} sample {index}", "error": decode_reason(err)}
         task = row[self.task_column] if self.task_column else None
         prompt = self.instruction(row[prompt_col], task, epoch, index)
-        return {"input_pixels": source, "edited_pixels": target, "crops": crops, "prompt": prompt, "index": index}
+        return {"input_pixels": source, "edited_pixels": target, "crops": crops, "prompt": prompt, "index": index,
+                "kind": kind_of(task)}
+
+    def kind_counts(self, epoch: int, batches: int | None = None) -> Counter:
+        """This process's rows of each kind read in ``epoch`` (a stream's composition is known as it is read)."""
+        return self.counts.get(epoch, Counter())
 
     def batches(self, epoch: int, skip: int = 0, agree: Callable[[bool], bool] | None = None) -> Iterator[dict]:
         """Batches of ``epoch`` from batch ``skip`` on; a short tail is dropped.
@@ -286,7 +329,10 @@ class StreamingPairs:
         """
         self.stream.set_epoch(epoch)  # reseeds the shard and buffer shuffles with seed + epoch
         rows = iter(self.stream)
-        k = sum(1 for _ in itertools.islice(rows, skip * self.batch_size))  # consumed before the stop, not decoded
+        counts = self.counts[epoch] = Counter()
+        kind = (lambda row: kind_of(row[self.task_column])) if self.task_column else (lambda row: "edit")
+        # Rows consumed before the stop are counted, not decoded.
+        k = sum(counts.update([kind(row)]) or 1 for row in itertools.islice(rows, skip * self.batch_size))
         made = 0
         while True:
             raw = list(itertools.islice(rows, self.batch_size))
@@ -295,6 +341,7 @@ class StreamingPairs:
                 full = agree(full)
             if not full:
                 break
+            counts.update(kind(row) for row in raw)
             positions = range(k, k + self.batch_size)
             if self.pool:
                 samples = list(self.pool.map(self.sample, raw, itertools.repeat(epoch), positions))

@@ -10,6 +10,11 @@ in (model files, dataset, resolution, columns) guards reuse across runs. Text go
 model's backbone (models/backbone.py): for SDXL both encoders' embeddings and the pooled
 ``text_embeds`` are stored, and each row keeps its original size and centre crop (``crops_0``,
 ``crops_1`` for the flipped side), which SDXL conditions on.
+
+With ``aspect_buckets`` (train/buckets.py) latents differ in shape between buckets, and datasets'
+``Array3D`` needs one shape per column: the cache holds one dataset per bucket,
+``latents/{W}x{H}/``, with a ``row`` column naming each entry's training row, read back through
+:class:`BucketedLatents` as if it were one row-aligned dataset.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ FORMAT = 2  # bump when the cache layout changes (2: crops_0/1 per row, pooled t
 
 @dataclass
 class LatentCache:
-    latents: Dataset  # input_mode_{0,1}, target_moments_{0,1}, crops_{0,1}, ok — one row per training row
+    latents: Dataset | BucketedLatents  # input_mode_{0,1}, target_moments_{0,1}, crops_{0,1}, ok — one per training row
     text: dict[str, TextConditioning]  # prompt -> its [L, D] embedding (and SDXL's pooled [P]), "" included
     folder: Path
     reused: bool
@@ -79,7 +84,7 @@ def model_fingerprint(model: str) -> dict:
     return {"files": files}
 
 
-def cache_fingerprint(cfg, rows: Dataset, prompts: list[str]) -> str:
+def cache_fingerprint(cfg, rows: Dataset, prompts: list[str], buckets: list | None = None, assigned=None) -> str:
     key = {
         "format": FORMAT,
         "model": model_fingerprint(cfg.base_model),
@@ -89,6 +94,9 @@ def cache_fingerprint(cfg, rows: Dataset, prompts: list[str]) -> str:
         "columns": [cfg.input_column, cfg.edited_column, cfg.prompt_column],
         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
     }
+    if buckets is not None:  # only then: an unbucketed cache keeps its fingerprint
+        key["buckets"] = [list(b) for b in buckets]
+        key["assigned"] = hashlib.sha256(np.asarray(assigned, np.int64).tobytes()).hexdigest()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -101,16 +109,20 @@ def encode_text(backbone, prompts: list[str], batch_size: int = 64) -> TextCondi
 
 
 @torch.no_grad()
-def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, progress: bool = True) -> Dataset:
-    """Centre-crop every row, encode it unflipped and flipped, keep the distributions' moments."""
+def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, progress: bool = True,
+                       size: tuple[int, int] | None = None, indices: list[int] | None = None) -> Dataset:
+    """Centre-crop every row (or those of ``indices``: one aspect bucket's, cropped to its ``size`` =
+    (width, height)), encode it unflipped and flipped, keep the distributions' moments."""
+    width, height = size or (cfg.resolution, cfg.resolution)
+    indices = range(len(rows)) if indices is None else indices
     dtype = next(vae.parameters()).dtype
     columns: dict[str, list] = {"input_mode_0": [], "input_mode_1": [], "target_moments_0": [], "target_moments_1": [],
                                 "crops_0": [], "crops_1": [], "ok": []}
     sides = (False, True) if cfg.random_flip else (False,)
     pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    latent = cfg.resolution // (2 ** (len(vae.config.block_out_channels) - 1))
-    zeros_in = np.zeros((vae.config.latent_channels, latent, latent), np.float32)
-    zeros_mom = np.zeros((2 * vae.config.latent_channels, latent, latent), np.float32)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    zeros_in = np.zeros((vae.config.latent_channels, height // factor, width // factor), np.float32)
+    zeros_mom = np.zeros((2 * vae.config.latent_channels, height // factor, width // factor), np.float32)
 
     def flush():
         if not pending:
@@ -131,14 +143,14 @@ def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, pro
         pending.clear()
 
     rng = np.random.default_rng(0)  # unused by a centre crop without flip; required by the signature
-    for i in tqdm(range(len(rows)), desc="cache latents", unit="row", disable=not progress, dynamic_ncols=True):
+    for i in tqdm(indices, desc="cache latents", unit="row", disable=not progress, dynamic_ncols=True):
         try:
             with refuse_bombs():
                 row = rows[i]
             if row[cfg.input_column] is None or row[cfg.edited_column] is None:
                 raise ValueError("empty image cell")
-            *pair, crops = paired_crop(row[cfg.input_column], row[cfg.edited_column], cfg.resolution, rng, False,
-                                       center_crop=True, flipped=False)
+            *pair, crops = paired_crop(row[cfg.input_column], row[cfg.edited_column], size or cfg.resolution, rng,
+                                       False, center_crop=True, flipped=False)
         except DECODE_ERRORS:  # the row is marked bad and skipped by every run that reads the cache
             flush()
             for side in (0, 1):
@@ -160,7 +172,49 @@ def encode_latent_rows(vae, rows: Dataset, cfg, device, batch_size: int = 8, pro
         "target_moments_0": Array3D(shape_mom, "float32"), "target_moments_1": Array3D(shape_mom, "float32"),
         "crops_0": Sequence(Value("int64"), length=6), "crops_1": Sequence(Value("int64"), length=6), "ok": Value("bool"),
     })
-    return Dataset.from_dict(columns, features=features)
+    if isinstance(indices, range):
+        return Dataset.from_dict(columns, features=features)
+    features["row"] = Value("int64")
+    return Dataset.from_dict({**columns, "row": list(indices)}, features=features)
+
+
+class BucketedLatents:
+    """Per-bucket latent datasets read as one dataset indexed by training row."""
+
+    def __init__(self, parts: list[Dataset]):
+        self.parts = parts
+        self.where: dict[int, tuple[int, int]] = {}
+        for p, part in enumerate(parts):
+            self.where.update({int(row): (p, offset) for offset, row in enumerate(part["row"])})
+
+    def with_format(self, kind: str) -> BucketedLatents:
+        formatted = BucketedLatents.__new__(BucketedLatents)
+        formatted.parts, formatted.where = [part.with_format(kind) for part in self.parts], self.where
+        return formatted
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+    def __getitem__(self, index: int) -> dict:
+        part, offset = self.where[int(index)]
+        return self.parts[part][offset]
+
+
+def _bucket_folder(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def encode_buckets(vae, rows: Dataset, cfg, device, buckets, assigned, folder: Path, progress: bool) -> None:
+    """One latent dataset per used bucket under ``folder``, each cropped to its bucket."""
+    for b, size in enumerate(buckets):
+        indices = [int(i) for i in np.flatnonzero(np.asarray(assigned) == b)]
+        if indices:
+            encode_latent_rows(vae, rows, cfg, device, progress=progress, size=size,
+                               indices=indices).save_to_disk(str(folder / _bucket_folder(size)))
+
+
+def load_buckets(folder: Path) -> BucketedLatents:
+    return BucketedLatents([load_from_disk(str(part)) for part in sorted(folder.iterdir()) if part.is_dir()])
 
 
 def cache_prompts(rows: Dataset, cfg) -> list[str]:
@@ -179,12 +233,14 @@ def cache_prompts(rows: Dataset, cfg) -> list[str]:
     return sorted(prompts)
 
 
-def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progress: bool = True) -> LatentCache:
+def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progress: bool = True, buckets=None,
+                  assigned=None) -> LatentCache:
     """Reuse ``cache_dir`` if its fingerprint matches, else (main process) rebuild it atomically,
-    with a progress bar over the rows unless ``progress`` is False."""
+    with a progress bar over the rows unless ``progress`` is False. With aspect ``buckets`` (each
+    row's index in ``assigned``) the latents are stored per bucket."""
     folder = Path(cfg.cache_dir or Path(cfg.output_dir) / "cache")
     prompts = cache_prompts(rows, cfg)
-    fingerprint = cache_fingerprint(cfg, rows, prompts)
+    fingerprint = cache_fingerprint(cfg, rows, prompts, buckets, assigned)
     stamp = folder / "fingerprint.json"
 
     def matches() -> bool:
@@ -197,7 +253,10 @@ def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progre
         vae = parts.vae.to(device)
         for encoder in parts.text_encoders():
             encoder.to(device)
-        encode_latent_rows(vae, rows, cfg, device, progress=progress).save_to_disk(str(tmp / "latents"))
+        if buckets is None:
+            encode_latent_rows(vae, rows, cfg, device, progress=progress).save_to_disk(str(tmp / "latents"))
+        else:
+            encode_buckets(vae, rows, cfg, device, buckets, assigned, tmp / "latents", progress)
         text = encode_text(backbone_of(parts), prompts)
         columns = {"prompt": prompts, "embedding": list(text.embeds.numpy())}
         features = {"prompt": Value("string"), "embedding": Array2D(tuple(text.embeds.shape[1:]), "float32")}
@@ -215,7 +274,7 @@ def build_or_load(cfg, rows: Dataset, parts, device, is_main: bool, wait, progre
     wait()
     if not matches():
         raise InstructSDError(f"latent cache '{folder}' does not match this run; delete it or set cache_dir to a new folder")
-    latents = load_from_disk(str(folder / "latents"))
+    latents = load_from_disk(str(folder / "latents")) if buckets is None else load_buckets(folder / "latents")
     text_rows = load_from_disk(str(folder / "text")).with_format("torch")
     pooled = text_rows["pooled"] if "pooled" in text_rows.column_names else [None] * len(text_rows)
     text = {p: TextConditioning(e, q) for p, e, q in zip(text_rows["prompt"], text_rows["embedding"], pooled)}

@@ -43,7 +43,8 @@ def checkpoints(out: Path) -> list[Path]:
 # What a run writes into its folder; a new run replaces these (with overwrite=true) and nothing else,
 # so a shared latent cache (cache/) or the user's own files there survive.
 RUN_FILES = ("config.yaml", "losses.jsonl", "validation.jsonl", "validation", "checkpoints", "final", "lora",
-             "tensorboard", "ranks", "wandb", "skipped_rows.jsonl", "best", "best.json", "report.html")
+             "tensorboard", "ranks", "wandb", "skipped_rows.jsonl", "best", "best.json", "report.html", "buckets.json",
+             "data_mix.json")
 
 
 def previous_run(out: Path) -> list[str]:
@@ -148,6 +149,8 @@ def data_position(cfg, epoch: int, position: int) -> dict:
     layout = {"streaming": cfg.streaming, "train_batch_size": cfg.train_batch_size, "seed": cfg.seed}
     if cfg.streaming:
         layout.update(shuffle_buffer=cfg.shuffle_buffer, max_train_samples=cfg.max_train_samples)
+    if cfg.aspect_buckets:  # only then, so checkpoints from before buckets still resume
+        layout.update(aspect_buckets=True, bucket_area=cfg.bucket_area or cfg.resolution ** 2, bucket_step=cfg.bucket_step)
     return {"epoch": epoch, "position": position, "rows_read": position * cfg.train_batch_size, "data_layout": layout}
 
 
@@ -157,7 +160,7 @@ def check_data_position(state: dict, cfg, folder: Path) -> None:
     if saved is None:  # written before the layout was recorded
         return
     now = data_position(cfg, 0, 0)["data_layout"]
-    changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+    changed = [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(saved)) if saved.get(k) != now.get(k)]
     if changed:
         raise InstructSDError(
             f"checkpoint '{folder}' was written with other data settings ({'; '.join(changed)}); its data position "

@@ -74,7 +74,7 @@ class TrainConfig:
     prompt_column: str = opt("edit_prompt", "Dataset column holding the instruction.")
     drop_safety_checker: bool = opt(False, "Save final/ without the base's safety checker and feature extractor (kept by default; the model card says when dropped).")
     # --- data ------------------------------------------------------------------------------
-    resolution: int = opt(256, "Training size in pixels: shorter side resized to this, then cropped square (aspect kept, never squashed).")
+    resolution: int = opt(256, "Training size in pixels: shorter side resized to this, then cropped square (aspect kept, never squashed); with aspect_buckets, resolution² is the default bucket area.")
     random_flip: bool = opt(True, "Flip input and target together, independently for each sample.")
     max_train_samples: Optional[int] = opt(None, "Use only the first N training rows (for quick experiments).")
     dataloader_num_workers: int = opt(0, "DataLoader worker processes (0 = load in the training process).")
@@ -83,6 +83,9 @@ class TrainConfig:
     task_weights: Optional[dict] = opt(None, "Task mixture {task: weight}: rows drawn with replacement so each task gets that share (null = every row once per epoch).")
     streaming: bool = opt(False, "Stream `dataset` as parquet shards (a folder, a glob or a hub id) row by row: for data larger than memory or disk.")
     shuffle_buffer: int = opt(1000, "With streaming: rows in the seeded shuffle buffer, reseeded each epoch (0 = file order).")
+    aspect_buckets: bool = opt(False, "Train each pair at its own aspect ratio: resized and cropped to the nearest of a set of buckets (1:2 … 2:1, about bucket_area pixels); each batch holds one bucket.")
+    bucket_area: Optional[int] = opt(None, "With aspect_buckets: pixels per bucket; null = resolution².")
+    bucket_step: int = opt(64, "With aspect_buckets: bucket sides are multiples of this (64 for Stable Diffusion: VAE factor 8 × UNet downsampling 8; smaller only for tiny models).")
     max_bad_fraction: float = opt(0.01, "Images failing to decode are skipped and counted; abort once more than this fraction of the training rows failed.")
     # --- caching -------------------------------------------------------------------------------
     cache_latents: bool = opt(False, "Encode VAE latents (both flips) and text embeddings once into a dataset on disk; no encoder runs during training.")
@@ -170,6 +173,12 @@ class TrainConfig:
         need(not (self.streaming and self.task_weights),
              "task_weights needs every task's row count, which a stream does not have; with streaming=true mix the tasks "
              "when building the shards (a mixture file for `instructsd data build`), or use streaming=false")
+        need(self.bucket_step >= 8 and self.bucket_step % 8 == 0, f"bucket_step must be a positive multiple of 8, got {self.bucket_step}")
+        need(self.bucket_area is None or self.bucket_area >= self.bucket_step ** 2,
+             f"bucket_area must be at least bucket_step² = {self.bucket_step ** 2}, got {self.bucket_area}")
+        need(not (self.streaming and self.aspect_buckets),
+             "streaming=true and aspect_buckets=true do not combine: buckets are assigned from every row's image size "
+             "before training, which a stream does not have; use streaming=false, or build square shards")
         need(self.snr_gamma is None or self.snr_gamma > 0, "snr_gamma must be > 0 (or null)")
         need(self.noise_offset >= 0, "noise_offset must be >= 0")
         need(self.edit_region_weight >= 0 and self.keep_region_weight >= 0 and self.edit_region_weight + self.keep_region_weight > 0,

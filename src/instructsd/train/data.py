@@ -70,9 +70,15 @@ def rank_batches(order: np.ndarray, batch_size: int, rank: int, world: int) -> l
 
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     """Scale so the shorter side is ``size``, keeping the aspect ratio."""
+    return resize_to_cover(image, size, size)
+
+
+def resize_to_cover(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale, keeping the aspect ratio, to the smallest size that covers ``width`` × ``height``
+    (for a square, the shorter side becomes its side)."""
     w, h = image.size
-    scale = size / min(w, h)
-    return image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    scale = max(width / w, height / h)
+    return image.resize((max(width, round(w * scale)), max(height, round(h * scale))), Image.BICUBIC)
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
@@ -86,43 +92,49 @@ def draw_flip(rng: np.random.Generator, flip: bool) -> bool:
     return bool(rng.random() < 0.5) if flip else False
 
 
-def paired_transform(source: Image.Image, target: Image.Image, size: int, rng: np.random.Generator, flip: bool,
-                     center_crop: bool = False, flipped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def paired_transform(source: Image.Image, target: Image.Image, size: int | tuple[int, int], rng: np.random.Generator,
+                     flip: bool, center_crop: bool = False, flipped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize both to the same short side, then one crop and one flip applied to both."""
     return paired_crop(source, target, size, rng, flip, center_crop, flipped)[:2]
 
 
-def paired_crop(source: Image.Image, target: Image.Image, size: int, rng: np.random.Generator, flip: bool,
-                center_crop: bool = False, flipped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def paired_crop(source: Image.Image, target: Image.Image, size: int | tuple[int, int], rng: np.random.Generator,
+                flip: bool, center_crop: bool = False,
+                flipped: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`paired_transform`, plus where the sample came from: (original height, width, crop top,
     left, crop height, width) — SDXL's size and crop conditioning (issue 14). A flipped sample's
-    left edge is measured in the flipped image, as if it had been flipped before cropping."""
+    left edge is measured in the flipped image, as if it had been flipped before cropping.
+
+    ``size`` is a square's side, or an aspect bucket's ``(width, height)`` (train/buckets.py): both
+    images are scaled to cover it, aspect kept, and cropped to it with one window.
+    """
+    width, height = (size, size) if isinstance(size, int) else size
     source = source.convert("RGB")
     target = target.convert("RGB")
     original_w, original_h = source.size
     if target.size != source.size:  # paired data from different tools can differ by a few px
         target = target.resize(source.size, Image.BICUBIC)
     flipped = draw_flip(rng, flip) if flipped is None else flipped
-    source, target = resize_short_side(source, size), resize_short_side(target, size)
+    source, target = resize_to_cover(source, width, height), resize_to_cover(target, width, height)
     w, h = source.size
     if center_crop:
-        left, top = (w - size) // 2, (h - size) // 2
+        left, top = (w - width) // 2, (h - height) // 2
     else:
-        left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
-    box = (left, top, left + size, top + size)
+        left, top = int(rng.integers(0, w - width + 1)), int(rng.integers(0, h - height + 1))
+    box = (left, top, left + width, top + height)
     source, target = source.crop(box), target.crop(box)
     if flipped:
         source = source.transpose(Image.FLIP_LEFT_RIGHT)
         target = target.transpose(Image.FLIP_LEFT_RIGHT)
-    crops = torch.tensor([original_h, original_w, top, w - size - left if flipped else left, size, size])
+    crops = torch.tensor([original_h, original_w, top, w - width - left if flipped else left, height, width])
     return to_tensor(source), to_tensor(target), crops
 
 
 def mirror_crop(crops: torch.Tensor) -> torch.Tensor:
-    """The size/crop row of the same crop flipped (the resized width recomputed as resize_short_side makes it)."""
-    original_h, original_w, top, left, size, _ = (int(v) for v in crops)
-    width = max(size, round(original_w * size / min(original_w, original_h)))
-    return torch.tensor([original_h, original_w, top, width - size - left, size, size])
+    """The size/crop row of the same crop flipped (the resized width recomputed as resize_to_cover makes it)."""
+    original_h, original_w, top, left, height, width = (int(v) for v in crops)
+    resized = max(width, round(original_w * max(width / original_w, height / original_h)))
+    return torch.tensor([original_h, original_w, top, resized - width - left, height, width])
 
 
 # --- instructions ---------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def encoder_and_batches(cfg, data: TrainRows, components, accelerator, weight_dt
     backbone = backbone_of(components)
     if cfg.cache_latents:
         cache = build_or_load(cfg, data.rows, components, device, accelerator.is_main_process, accelerator.wait_for_everyone,
-                              progress=progress)
+                              progress=progress, buckets=data.buckets, assigned=data.assigned)
         encoder = CachedEncoder(components.vae.config.scaling_factor, TextEmbeddings(backbone, device, cache.text), device,
                                 weight_dtype)
         return encoder, training_batches(cfg, data, cache, rank=rank, world=world, agree=agree)

@@ -38,9 +38,11 @@ from instructsd.models.surgery import ensure_instruct_unet
 from instructsd.train import checkpoint
 from instructsd.train.allocator import keep_freed_memory
 from instructsd.train.batches import Batches, count_skipped, read_train_rows
+from instructsd.train.buckets import write_bucket_record
 from instructsd.train.card import write_model_card
 from instructsd.train.config import TrainConfig
 from instructsd.train.encoders import CachedEncoder, VAEEncoder, encoder_and_batches, freeze, place_frozen
+from instructsd.train.kinds import report_kinds
 from instructsd.train.objective import DropoutProbs, region_weights
 from instructsd.train.step import batch_loss
 from instructsd.train.tracking import RunLog, StepTimer, resolve_report_to
@@ -130,6 +132,8 @@ def train(cfg: TrainConfig, progress: bool = True, stop_at: int | None = None) -
         loop(cfg, parts, run, timer, stop_at, progress)
     finally:
         parts.runlog.close()
+    report_kinds(parts.out, run.epoch, parts.batches.kind_counts(run.epoch, run.position), parts.accelerator.is_main_process,
+                 partial=True)
 
     world = parts.accelerator.num_processes
     result = TrainResult(final_dir=parts.out / "final", losses=[(e["step"], e["loss"]) for e in run.log],
@@ -158,7 +162,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
     accelerator = _accelerator(cfg, out, trackers)
     rank = accelerator.process_index
     torch.manual_seed(cfg.seed)
-    data = read_train_rows(cfg)
+    data = read_train_rows(cfg, accelerator.num_processes)
 
     # The model: conv_in surgery, then LoRA; the frozen parts run in the autocast dtype while the
     # trained UNet keeps fp32 master weights.
@@ -211,6 +215,7 @@ def setup(cfg: TrainConfig, progress: bool = True) -> tuple[Parts, Run]:
             checkpoint.clear_previous_run(out)  # resolve() allowed it: empty, or overwrite=true
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        write_bucket_record(out, data.buckets, data.assigned, cfg.bucket_area or cfg.resolution ** 2, cfg.bucket_step)
     accelerator.wait_for_everyone()
     runlog = RunLog(accelerator, out, trackers, to_dict(cfg), run.log, run.step, run.bad_rows)
     return Parts(out=out, accelerator=accelerator, components=components, unet=unet, trainable=trainable,
@@ -299,6 +304,7 @@ def loop(cfg: TrainConfig, p: Parts, run: Run, timer: StepTimer, stop_at: int | 
                 if run.step >= last:
                     break
             else:  # the epoch ran out: the next starts at its beginning
+                report_kinds(p.out, run.epoch, p.batches.kind_counts(run.epoch), accelerator.is_main_process)
                 run.epoch, run.position = run.epoch + 1, 0
     except torch.OutOfMemoryError as err:
         raise InstructSDError(OOM_HINT.format(step=run.step + 1)) from err
