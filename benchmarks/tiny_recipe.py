@@ -29,6 +29,7 @@ from instructsd.train.loop import train
 # The explored starting point (stock init, plain autoencoder, six tasks, lr 1e-3), pinned so the
 # table in benchmarks/RESULTS.md reproduces whatever the shipped recipe's defaults become.
 BASE = PretrainConfig(tasks=("denoise", "lowlight", "deblur", "derain", "dehaze", "jpeg"), unet_norm_groups=None,
+                      vae_norm_groups=None,
                       identity_init=False, vae_anchor=0.0,
                       train={**PretrainConfig().train, "learning_rate": 1e-3})
 VARIANTS = {

@@ -32,6 +32,8 @@ def test_pretrain_tiny_writes_a_stock_pipeline_with_card_and_metrics(tmp_path):
     pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(model)
     assert pipe.unet.config.in_channels == 8
     assert pipe.scheduler.config.prediction_type == "sample"  # the trained target travels with the model
+    # One GroupNorm group in the autoencoder and the UNet: both keep each crop's absolute colour.
+    assert pipe.vae.config.norm_num_groups == 1 and pipe.unet.config.norm_num_groups == 1
     record = json.loads((model / "pretrain.json").read_text())
     assert set(record["metrics"]) == {"denoise", "lowlight"}
     for cell in record["metrics"].values():
@@ -143,6 +145,12 @@ def test_pretrain_cli_takes_recipe_changes_as_key_value(tmp_path, capsys):
     assert run(["model", "pretrain-tiny", str(tmp_path / "pre"), "train={learnin_rate: 1.0e-3}"]) == 1
     assert "unknown config key 'learnin_rate' in the pretrain recipe's 'train' mapping" in capsys.readouterr().err
     assert not (tmp_path / "pre").exists()  # refused before anything is written
+
+
+def test_a_record_without_newer_keys_reads_as_the_first_base_was_made():
+    first = recipe_from_record({"tasks": ["denoise"], "vae_channels": [32]})
+    assert first.photos == "skimage-15" and first.holdout == () and first.vae_norm_groups is None
+    assert PretrainConfig().vae_norm_groups == 1  # today's recipe
 
 
 def test_pretrain_train_config_is_the_preset_with_typed_changes(tmp_path):

@@ -47,6 +47,10 @@ class TinySpec:
     unet_norm_groups: int | None = None
     """GroupNorm groups in the UNet (None: min(32, first width)). Fewer groups keep more of each
     image's absolute colour and contrast through the normalisations (see benchmarks/RESULTS.md)."""
+    vae_norm_groups: int | None = None
+    """GroupNorm groups in the autoencoder (None: min(32, first width)). With one group per channel
+    the decoder's last normalisation removes each crop's own mean colour, which it then has to
+    guess: 1 group reconstructs unseen colour photos far better (benchmarks/RESULTS.md)."""
 
 
 def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, seed: int = 0, tokenizer_dir: Path | None = None):
@@ -83,7 +87,7 @@ def build_tiny_components(spec: TinySpec = TinySpec(), in_channels: int = 8, see
         block_out_channels=spec.vae_channels,
         latent_channels=4,
         layers_per_block=1,
-        norm_num_groups=min(32, spec.vae_channels[0]),
+        norm_num_groups=spec.vae_norm_groups or min(32, spec.vae_channels[0]),
         sample_size=spec.sample_size,
         # Self-attention over every latent pixel dominates a tiny VAE's cost and buys little.
         mid_block_add_attention=False,

@@ -66,7 +66,7 @@ autoencoder's own error (identity scores 34-38 dB on temperature, against 30.5 d
 HOLDOUT = ("chelsea", "coffee", "motorcycle", "rocket")
 """Held-out colour photos (groups; ``motorcycle`` is the stereo pair): never trained on by the base,
 nor by the quickstart, so every score on them is on unseen photos."""
-LEGACY_RECIPE = {"photos": "skimage-15", "holdout": []}
+LEGACY_RECIPE = {"photos": "skimage-15", "holdout": [], "vae_norm_groups": None}
 """What a record written before these keys existed used (the first tiny base)."""
 
 
@@ -87,6 +87,8 @@ class PretrainConfig:
                                    "autoencoder, text encoder and tokenizer; the size and width keys must match it. "
                                    "null: fresh components (autoencoder fitted, UNet identity-initialised).")
     vae_channels: tuple[int, ...] = opt((32,), "Autoencoder width per level; one level = factor 1 (latents at pixel resolution).")
+    vae_norm_groups: Optional[int] = opt(1, "GroupNorm groups in the autoencoder (null: min(32, first width)); 1 keeps each "
+                                         "crop's absolute colour (per-channel groups lose it on unseen colour photos).")
     text_dim: int = opt(64, "Width of the CLIP text encoder and of the UNet's cross-attention.")
     vae_steps: int = opt(1500, "Autoencoder fitting steps.")
     vae_anchor: float = opt(1.0, "Weight pulling the autoencoder's latents towards the image itself (image-like latents).")
@@ -145,7 +147,7 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     if cfg.init_from:
         return _continue_from(cfg.init_from, out, stats_file, cfg.train.get("prediction_type") or "epsilon")
     spec = TinySpec(unet_channels=tuple(cfg.unet_channels), vae_channels=tuple(cfg.vae_channels),
-                    unet_norm_groups=cfg.unet_norm_groups,
+                    unet_norm_groups=cfg.unet_norm_groups, vae_norm_groups=cfg.vae_norm_groups,
                     text_dim=cfg.text_dim, sample_size=cfg.size)
     tok_dir = out.parent / f".{out.name}-tokenizer"
     unet, vae, text_encoder, tokenizer, scheduler = build_tiny_components(spec, in_channels=in_channels, seed=cfg.seed,
