@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,15 @@ def test_nothing_of_an_earlier_run_is_lost(tiny_model, dataset, tmp_path):
     auto = train(_cfg(tiny_model, dataset, tmp_path / "auto", "max_train_steps=1", "resume=auto", "report_to=none"),
                  progress=False)
     assert auto.resumed_from is None and [s for s, _ in auto.losses] == [1]
+
+    # A run killed before its first checkpoint (logs, no checkpoint, no final/): the same resume=auto
+    # command starts it again instead of refusing; a finished run above is still refused.
+    killed = tmp_path / "killed"
+    train(_cfg(tiny_model, dataset, killed, "max_train_steps=2", "report_to=none"), progress=False)
+    shutil.rmtree(killed / "final")
+    again = train(_cfg(tiny_model, dataset, killed, "max_train_steps=2", "resume=auto", "report_to=none"), progress=False)
+    assert again.resumed_from is None and [e["step"] for e in _lines(killed / "losses.jsonl")] == [1, 2]
+    assert (killed / "final").is_dir()
 
 
 def test_the_posts_presets_checkpoint_and_resume_by_themselves():

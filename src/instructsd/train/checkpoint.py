@@ -68,7 +68,9 @@ def resolve(resume: str, out: Path, overwrite: bool = False) -> Path | None:
 
     ``resume`` = '' (fresh), 'latest' (the newest checkpoint; there must be one), 'auto' (the newest
     checkpoint if there is one, else fresh) or a checkpoint folder. A fresh start into a folder that
-    holds another run is refused unless ``overwrite`` (which replaces that run's files).
+    holds another run is refused unless ``overwrite`` (which replaces that run's files), except that
+    'auto' restarts a run that was interrupted before its first checkpoint (no checkpoint, no
+    ``final``/``lora``): the same command run again after a kill must not need another flag.
     """
     out = Path(out)
     found = checkpoints(out)
@@ -85,6 +87,11 @@ def resolve(resume: str, out: Path, overwrite: bool = False) -> Path | None:
                                   f"resume=auto or a {out / 'checkpoints' / 'step-N'} folder")
         return path
     earlier = previous_run(out)
+    if earlier and resume == "auto" and not {"final", "lora"} & set(earlier):
+        # An interrupted run that stopped before its first checkpoint: there is nothing to continue
+        # from, so "run the same command again" starts it again (its partial logs are replaced).
+        print(f"resume=auto: '{out}' holds a run that stopped before its first checkpoint; starting it again from step 0")
+        return None
     if earlier and not overwrite:
         raise InstructSDError(
             f"'{out}' already holds a run ({', '.join(earlier)}); continue it with resume=latest, replace it with "
