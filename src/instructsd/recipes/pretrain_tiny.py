@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ autoencoder's own error (identity scores 34-38 dB on temperature, against 30.5 d
 HOLDOUT = ("chelsea", "coffee", "motorcycle", "rocket")
 """Held-out colour photos (groups; ``motorcycle`` is the stereo pair): never trained on by the base,
 nor by the quickstart, so every score on them is on unseen photos."""
-LEGACY_RECIPE = {"photos": "skimage-15", "holdout": [], "vae_norm_groups": None}
+LEGACY_RECIPE = {"photos": "skimage-15", "holdout": [], "vae_norm_groups": None, "timestep_spacing": "leading"}
 """What a record written before these keys existed used (the first tiny base)."""
 
 
@@ -103,6 +103,9 @@ class PretrainConfig:
         "use_ema": True,
         "ema_decay": 0.999,
     }, "TrainConfig overrides on top of the tiny-cpu preset.")
+    timestep_spacing: Literal["leading", "linspace", "trailing"] = opt("trailing", "How the base's sampler spaces its steps (saved in its scheduler config): 'trailing' "
+                                "starts at the last training step, so one DDIM step is a whole edit; 'leading' (diffusers' "
+                                "old default) starts one step short and makes a one-step edit from pure noise at t=1.")
     seed: int = opt(0, "The one seed: data, weights, noise, evaluation.")
     eval_per_task: int = opt(16, "Held-out crops scored per task for the card.")
     settings: list = opt([
@@ -110,6 +113,9 @@ class PretrainConfig:
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.5, "guidance_scale": 7.0},
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.0, "guidance_scale": 3.0},
         {"scheduler": "ddim", "num_inference_steps": 10, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
+        # A deterministic edit predicted in one step: a tiny base is most faithful here (benchmarks/RESULTS.md).
+        {"scheduler": "ddim", "num_inference_steps": 1, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
+        {"scheduler": "ddim", "num_inference_steps": 2, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
     ], "Candidate inference settings (EditSettings fields); the best mean PSNR on the small check subset is "
        "the one the card uses and reports on the full held-out set.")
 
@@ -145,7 +151,8 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     if stats_file.exists():
         return json.loads(stats_file.read_text())
     if cfg.init_from:
-        return _continue_from(cfg.init_from, out, stats_file, cfg.train.get("prediction_type") or "epsilon")
+        return _continue_from(cfg.init_from, out, stats_file, cfg.train.get("prediction_type") or "epsilon",
+                              cfg.timestep_spacing)
     spec = TinySpec(unet_channels=tuple(cfg.unet_channels), vae_channels=tuple(cfg.vae_channels),
                     unet_norm_groups=cfg.unet_norm_groups, vae_norm_groups=cfg.vae_norm_groups,
                     text_dim=cfg.text_dim, sample_size=cfg.size)
@@ -160,14 +167,15 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
                             progress=progress)
     if cfg.identity_init:
         identity_init(unet, scaling_factor=vae.config.scaling_factor)
-    scheduler.register_to_config(prediction_type=cfg.train.get("prediction_type") or "epsilon")
+    scheduler.register_to_config(prediction_type=cfg.train.get("prediction_type") or "epsilon",
+                                 timestep_spacing=cfg.timestep_spacing)
     save_pipeline(out, unet, vae, text_encoder, tokenizer, scheduler, overwrite=True)
     shutil.rmtree(tok_dir, ignore_errors=True)
     atomic_write_text(stats_file, json.dumps(stats, indent=2, default=float))
     return stats
 
 
-def _continue_from(base: str, out: Path, stats_file: Path, prediction_type: str) -> dict:
+def _continue_from(base: str, out: Path, stats_file: Path, prediction_type: str, spacing: str) -> dict:
     """Copy ``base`` as the starting model (its card and record stay behind), with a training scheduler."""
     source = Path(resolve_model(base))
     if not (source / "model_index.json").is_file():
@@ -177,7 +185,7 @@ def _continue_from(base: str, out: Path, stats_file: Path, prediction_type: str)
         for part in ("unet", "vae", "text_encoder", "tokenizer", "model_index.json"):
             (shutil.copytree if (source / part).is_dir() else shutil.copy2)(source / part, tmp / part)
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler")  # the base ships its sampler
-        scheduler.register_to_config(prediction_type=prediction_type)
+        scheduler.register_to_config(prediction_type=prediction_type, timestep_spacing=spacing)
         scheduler.save_pretrained(tmp / "scheduler")
         index = json.loads((tmp / "model_index.json").read_text())
         index["scheduler"] = ["diffusers", "DDPMScheduler"]
