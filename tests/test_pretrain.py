@@ -34,6 +34,10 @@ def test_pretrain_tiny_writes_a_stock_pipeline_with_card_and_metrics(tmp_path):
     assert pipe.scheduler.config.prediction_type == "sample"  # the trained target travels with the model
     # One GroupNorm group in the autoencoder and the UNet: both keep each crop's absolute colour.
     assert pipe.vae.config.norm_num_groups == 1 and pipe.unet.config.norm_num_groups == 1
+    # 'trailing' spacing travels with the base: a one-step edit starts at the last training step, not t=1.
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    pipe.scheduler.set_timesteps(1)
+    assert pipe.scheduler.timesteps.tolist() == [999]
     record = json.loads((model / "pretrain.json").read_text())
     assert set(record["metrics"]) == {"denoise", "lowlight"}
     for cell in record["metrics"].values():
