@@ -103,9 +103,10 @@ class PretrainConfig:
         "use_ema": True,
         "ema_decay": 0.999,
     }, "TrainConfig overrides on top of the tiny-cpu preset.")
-    timestep_spacing: Literal["leading", "linspace", "trailing"] = opt("trailing", "How the base's sampler spaces its steps (saved in its scheduler config): 'trailing' "
-                                "starts at the last training step, so one DDIM step is a whole edit; 'leading' (diffusers' "
-                                "old default) starts one step short and makes a one-step edit from pure noise at t=1.")
+    timestep_spacing: Literal["leading", "linspace", "trailing"] = opt(
+        "trailing", "How the base's sampler spaces its steps (saved in its scheduler config): 'trailing' starts at "
+        "the last training step, so one DDIM step is a whole edit; 'leading' (diffusers' old default) makes a "
+        "one-step edit from pure noise at t=1.")
     seed: int = opt(0, "The one seed: data, weights, noise, evaluation.")
     eval_per_task: int = opt(16, "Held-out crops scored per task for the card.")
     settings: list = opt([
@@ -113,7 +114,8 @@ class PretrainConfig:
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.5, "guidance_scale": 7.0},
         {"scheduler": "ddim", "num_inference_steps": 20, "image_guidance_scale": 1.0, "guidance_scale": 3.0},
         {"scheduler": "ddim", "num_inference_steps": 10, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
-        # A deterministic edit predicted in one step: a tiny base is most faithful here (benchmarks/RESULTS.md).
+        # The edit as one clean-latent prediction from t=999: best by 1.2 dB at step 750 of a 9-task
+        # base, level with 20 steps at step 2,000 (benchmarks/RESULTS.md, "Sampler steps").
         {"scheduler": "ddim", "num_inference_steps": 1, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
         {"scheduler": "ddim", "num_inference_steps": 2, "image_guidance_scale": 1.0, "guidance_scale": 1.0},
     ], "Candidate inference settings (EditSettings fields); the best mean PSNR on the small check subset is "
