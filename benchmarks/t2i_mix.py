@@ -121,8 +121,8 @@ def main() -> None:
                "wall_seconds": round(time.time() - started)}
     out = Path(__file__).parent / "results" / "t2i_mix.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n| model | edit PSNR (dB) | black+caption: PSNR to base | black+instruction: PSNR to base | "
-          f"black+caption mean level |\n|---|---|---|---|---|")
+    print("\n| model | edit PSNR (dB) | black+caption: PSNR to base | black+instruction: PSNR to base | "
+          "black+caption mean level |\n|---|---|---|---|---|")
     for label, r in results.items():
         print(f"| {label} | {r['edit_psnr']:.2f} | {r['black_captions_psnr_to_base']:.2f} | "
               f"{r['black_instructions_psnr_to_base']:.2f} | {r['black_captions_mean_level']:.1f} |")
