@@ -83,3 +83,22 @@ def pairs_32px(tmp_path_factory):
 def pairs_24px(tmp_path_factory):
     """4 photos, one 24 px crop each (one photo held out): for the tiny models. Read-only."""
     return _pairs(tmp_path_factory.mktemp("pairs24") / "pairs", 4, 24, 0.25)
+
+
+@pytest.fixture
+def quick_streams(monkeypatch):
+    """For tests that stream parquet: no shutdown pause, one intra-op thread.
+
+    datasets waits 5 s whenever a parquet stream is closed, letting pyarrow's reader threads stop
+    (apache/arrow#45214): once an epoch in a long run, but most of a streaming test's time. A tiny
+    UNet gains nothing from intra-op threads, which only spin against datasets' reader threads (and
+    other jobs) on a small shared CPU.
+    """
+    import datasets
+    import torch
+
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

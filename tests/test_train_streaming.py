@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import datasets
 import pytest
 import torch
 from datasets import load_from_disk
@@ -21,18 +20,7 @@ from instructsd.train.batches import StreamingPairs
 from instructsd.train.streaming import open_stream
 
 
-
-@pytest.fixture(autouse=True)
-def no_shutdown_pause(monkeypatch):
-    # datasets waits 5 s whenever a parquet stream is closed, letting pyarrow's reader threads
-    # stop (apache/arrow#45214): once an epoch in a long run, but most of these tests' time.
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
-    # A tiny UNet gains nothing from intra-op threads, which only spin against datasets' reader
-    # threads (and other jobs) on a small shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("quick_streams")  # conftest: no 5 s pause per stream, one thread
 
 
 @pytest.fixture(scope="module")

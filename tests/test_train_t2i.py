@@ -23,13 +23,7 @@ from instructsd.train.kinds import without_t2i_images
 from instructsd.train.loop import train
 
 
-@pytest.fixture(autouse=True)
-def no_shutdown_pause(monkeypatch):
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)  # as tests/test_train_streaming.py
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("quick_streams")  # conftest: no 5 s pause per stream, one thread
 
 
 @pytest.fixture(scope="module")
