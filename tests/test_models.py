@@ -58,3 +58,33 @@ def test_init_tiny_cli_refuses_to_overwrite(tmp_path, capsys):
     assert run(["model", "init-tiny", str(out)]) == 1
     assert "already exists" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_text_encoder_fit_separates_edits_a_random_encoder_blurs_and_leaves_it_frozen(tiny_model):
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from instructsd.data.tasks import edit_class
+    from instructsd.models.text_fit import fit_text_encoder
+
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_model, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(tiny_model, subfolder="text_encoder")
+    brighter = ["Make it one stop brighter.", "Raise the exposure by one stop.", "One stop brighter, please."]
+    darker = ["Make it one stop darker.", "Lower the exposure by one stop.", "One stop darker, please."]
+    labels = [edit_class("exposure", '{"op": "exposure", "ev": 1.0}')] * 3 + [edit_class("exposure", '{"op": "exposure", "ev": -1.0}')] * 3
+    assert labels[0] == "exposure|exposure=1.0" != labels[-1]  # the amount is part of the edit
+
+    def gap() -> float:  # cosine within a class minus between the classes, over the 77 states the UNet reads
+        with torch.no_grad():
+            ids = tokenizer(brighter + darker, padding="max_length", max_length=77, return_tensors="pt").input_ids
+            h = torch.nn.functional.normalize(encoder(input_ids=ids).last_hidden_state.flatten(1), dim=1)
+        sim = h @ h.T
+        return float((sim[:3, :3].mean() + sim[3:, 3:].mean()) / 2 - sim[:3, 3:].mean())
+
+    before = gap()
+    stats = fit_text_encoder(encoder, tokenizer, brighter + darker, labels, steps=40, batch_size=6, progress=False)
+    assert stats["classes"] == 2 and stats["prompts"] == 6
+    assert stats["accuracy_pooled"] == stats["accuracy_mean"] == 1.0
+    assert gap() > before + 0.05
+    assert not any(p.requires_grad for p in encoder.parameters()) and not encoder.training
+    with pytest.raises(ValueError, match="one label per prompt"):
+        fit_text_encoder(encoder, tokenizer, brighter, labels, steps=1, progress=False)

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
 
 from instructsd.cli import run
-from instructsd.config import from_dict, load_config
+from instructsd.config import load_config
 from instructsd.errors import InstructSDError
 from instructsd.models.loading import TINY_BASE_ALIAS, tiny_base_path, tiny_base_record
 from instructsd.recipes.pretrain_tiny import PretrainConfig, check_subset, pretrain_tiny, recipe_from_record, train_config
@@ -19,7 +19,7 @@ from instructsd.train.config import TrainConfig
 
 SMALL = PretrainConfig(
     tasks=("denoise", "lowlight"), size=32, crops_per_image=2, unet_channels=(16, 32), vae_channels=(16,),
-    text_dim=32, vae_steps=5, train_steps=3, eval_per_task=2,
+    text_dim=32, vae_steps=5, text_fit_steps=5, train_steps=3, eval_per_task=2,
     train={"prediction_type": "sample", "learning_rate": 1e-3, "train_batch_size": 4, "gradient_accumulation_steps": 1},
     settings=[{"scheduler": "ddim", "num_inference_steps": 2, "image_guidance_scale": 1.5, "guidance_scale": 3.0},
               {"scheduler": "euler", "num_inference_steps": 1, "image_guidance_scale": 1.0, "guidance_scale": 1.0}],
@@ -50,6 +50,10 @@ def test_pretrain_tiny_writes_a_stock_pipeline_with_card_and_metrics(tmp_path):
     # Validation photos are never trained on: the card names them and they are the builder's split.
     assert record["validation_photos"] and all(p in (model / "README.md").read_text() for p in record["validation_photos"])
     assert "instructsd model pretrain-tiny pre" in (model / "README.md").read_text()
+    # The text encoder was fitted to the training wordings' edits (denoise, lowlight: 2 classes) and says so.
+    fit = record["autoencoder"]["text_encoder_fit"]
+    assert fit["steps"] == 5 and fit["classes"] == 2
+    assert "fitted 5 steps to tell the 2 training edits apart" in (model / "README.md").read_text()
 
     # Another recipe in the same folder is refused rather than mixed with the first.
     with pytest.raises(InstructSDError, match="other settings"):
@@ -154,6 +158,7 @@ def test_pretrain_cli_takes_recipe_changes_as_key_value(tmp_path, capsys):
 def test_a_record_without_newer_keys_reads_as_the_first_base_was_made():
     first = recipe_from_record({"tasks": ["denoise"], "vae_channels": [32]})
     assert first.photos == "skimage-15" and first.holdout == () and first.vae_norm_groups is None
+    assert first.text_fit_steps == 0  # its text encoder was left random
     assert PretrainConfig().vae_norm_groups == 1  # today's recipe
 
 

@@ -159,6 +159,16 @@ def row_instruction(task: str, edit_params: str | None, rng: np.random.Generator
     return sample_instruction(task, rng, held_out=held_out)
 
 
+def edit_class(task: str, edit_params: str | None = None) -> str:
+    """What a row's instruction asks for, as a label: the task, and for a photo operation the amount each
+    edit states ("exposure|exposure=1.0"): "one stop brighter" and "two stops darker" are different edits.
+    Parameters that are not an amount (grain's noise seed) are left out: no wording states them."""
+    if not is_photo_task(task):
+        return task
+    amounts = [f"{p['op']}={p[OPS[p['op']].amount]}" if OPS[p["op"]].amount else p["op"] for p in _edits(task, edit_params)]
+    return f"{task}|{','.join(amounts)}"
+
+
 def canonical_row_instruction(task: str, edit_params: str | None = None) -> str:
     """The fixed wording of a row's edit: the bank's canonical template (for a photo op, filled with the row's amount)."""
     if is_photo_task(task):

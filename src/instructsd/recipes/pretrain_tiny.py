@@ -38,6 +38,7 @@ from instructsd.data.build import build_dataset
 from instructsd.data.load import load_split
 from instructsd.data.card import SAMPLES_LICENSE
 from instructsd.data.samples import GROUPS, sample_images
+from instructsd.data.tasks import edit_class
 from instructsd.edit.editor import SCHEDULERS, EditSettings, load_pipeline
 from instructsd.errors import InstructSDError
 from instructsd.eval.compare import edit_rows, score_model, score_outputs
@@ -49,6 +50,7 @@ from instructsd.files import atomic_dir, atomic_write_text
 from instructsd.models.autoencoder import fit_autoencoder
 from instructsd.models.identity_init import identity_init
 from instructsd.models.loading import resolve_model
+from instructsd.models.text_fit import fit_text_encoder
 from instructsd.models.tiny import TinySpec, build_tiny_components, save_pipeline
 from instructsd.train.config import TrainConfig, ValidationSettings
 from instructsd.train.loop import train
@@ -66,7 +68,8 @@ autoencoder's own error (identity scores 34-38 dB on temperature, against 30.5 d
 HOLDOUT = ("chelsea", "coffee", "motorcycle", "rocket")
 """Held-out colour photos (groups; ``motorcycle`` is the stereo pair): never trained on by the base,
 nor by the quickstart, so every score on them is on unseen photos."""
-LEGACY_RECIPE = {"photos": "skimage-15", "holdout": [], "vae_norm_groups": None, "timestep_spacing": "leading"}
+LEGACY_RECIPE = {"photos": "skimage-15", "holdout": [], "vae_norm_groups": None, "timestep_spacing": "leading",
+                 "text_fit_steps": 0}
 """What a record written before these keys existed used (the first tiny base)."""
 
 
@@ -90,6 +93,8 @@ class PretrainConfig:
     vae_norm_groups: Optional[int] = opt(1, "GroupNorm groups in the autoencoder (null: min(32, first width)); 1 keeps each "
                                          "crop's absolute colour (per-channel groups lose it on unseen colour photos).")
     text_dim: int = opt(64, "Width of the CLIP text encoder and of the UNet's cross-attention.")
+    text_fit_steps: int = opt(300, "Steps fitting the random text encoder to tell the training instructions' edits "
+                              "apart before the UNet trains (models/text_fit.py); 0: leave it random.")
     vae_steps: int = opt(1500, "Autoencoder fitting steps.")
     vae_anchor: float = opt(1.0, "Weight pulling the autoencoder's latents towards the image itself (image-like latents).")
     train_steps: int = opt(3000, "UNet training steps.")
@@ -167,6 +172,12 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     photos = [image for image, task in zip(rows["edited_image"], rows["task"]) if task != "cartoonize"]
     stats = fit_autoencoder(vae, photos, steps=cfg.vae_steps, size=cfg.size, seed=cfg.seed, anchor_weight=cfg.vae_anchor,
                             progress=progress)
+    if cfg.text_fit_steps:
+        # Training-split wordings only: the held-out paraphrases the card scores stay unseen.
+        rows = load_split(data, "train", ["edit_prompt", "task", "edit_params"])
+        labels = [edit_class(task, params) for task, params in zip(rows["task"], rows["edit_params"])]
+        stats["text_encoder_fit"] = fit_text_encoder(text_encoder, tokenizer, rows["edit_prompt"], labels,
+                                                     steps=cfg.text_fit_steps, seed=cfg.seed, progress=progress)
     if cfg.identity_init:
         identity_init(unet, scaling_factor=vae.config.scaling_factor)
     scheduler.register_to_config(prediction_type=cfg.train.get("prediction_type") or "epsilon",
@@ -380,7 +391,7 @@ pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained("<this folder>")
   per photo, split by photo; validation photos ({', '.join(record['validation_photos'])}) never seen in training
 {f"- continued pre-training of {record['autoencoder']['continued_from']} (its UNet, autoencoder, text encoder and tokenizer)" if record['autoencoder'].get('continued_from') else ''}
 - components: UNet {cfg['unet_channels']}, autoencoder {cfg['vae_channels']} fitted {cfg['vae_steps']} steps →
-  {record['autoencoder']['psnr']:.1f} dB reconstruction PSNR, CLIP text encoder width {cfg['text_dim']}, BPE tokenizer
+  {record['autoencoder']['psnr']:.1f} dB reconstruction PSNR, CLIP text encoder width {cfg['text_dim']}{text_fit_line(record)}, BPE tokenizer
 - training: {cfg['train_steps']} steps, {', '.join(f'{k}={v}' for k, v in cfg['train'].items())}
 - wall time {record['train_seconds'] / 60:.1f} min of training ({record['wall_seconds_this_run'] / 60:.1f} min for the
   last invocation, all stages) on {record['device']}
@@ -403,6 +414,14 @@ PSNR (dB) / SSIM, up to {cfg['eval_per_task']} crops per task.
 
 `pretrain.json` beside this card holds the full record (configs, per-task numbers).
 """
+
+
+def text_fit_line(record: dict) -> str:
+    fit = record["autoencoder"].get("text_encoder_fit")
+    if not fit:
+        return ""
+    return (f" fitted {fit['steps']} steps to tell the {fit['classes']} training edits apart from their "
+            f"{fit['prompts']} training wordings ({fit['accuracy_pooled']:.0%} of them classified right)")
 
 
 def following_section(following: dict) -> str:
