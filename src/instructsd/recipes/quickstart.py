@@ -125,7 +125,7 @@ def run_quickstart(
     scratch = scratch_start(base, out / "start-4ch", seed=recipe.seed)
     timings["data"] = time.time() - tick
 
-    steps = train_steps or 400
+    steps = train_steps or 300
     every = validation_every or max(1, steps // 8)
     runs: dict[str, Path] = {}
     losses: dict[str, list] = {}
