@@ -78,6 +78,8 @@ def test_shipped_base_loads_in_stock_diffusers_and_reproduces_its_card(tmp_path)
     # What the card claims on the full held-out set: global edits learnt well beyond doing nothing.
     gains = record["targets"]["gain_over_identity_db"]
     assert gains["lowlight"] >= 1.0 and gains["dehaze"] >= 1.0
+    assert record["targets"]["beats_identity_on_3"]  # issue 15's first target for the base
+    assert record["autoencoder"]["text_encoder_fit"]["steps"] > 0  # its text encoder tells the edits apart
     assert sorted(record["targets"]["tasks_beating_identity_by_1db"]) == sorted(t for t, g in gains.items() if g >= 1.0)
 
 
