@@ -7,7 +7,8 @@ SD") needs a small base of our own. The recipe, every stage resumable inside ``O
     data      the builder makes restoration pairs (several tasks) from the photos that ship
               with scikit-image, split by photo: validation photos are never trained on
     model     tiny components (BPE tokenizer, CLIP text encoder, autoencoder, 8-channel UNet);
-              the autoencoder is fitted to the training photos
+              the autoencoder is fitted to the training photos, the text encoder to tell the
+              training wordings' edits apart (models/text_fit.py)
     train     the normal trainer (``train.loop.train``) with checkpoints, so an
               interrupted run continues where it stopped; its config is the tiny-cpu preset
               with typed changes (``dataclasses.replace``)
@@ -94,7 +95,8 @@ class PretrainConfig:
                                          "crop's absolute colour (per-channel groups lose it on unseen colour photos).")
     text_dim: int = opt(64, "Width of the CLIP text encoder and of the UNet's cross-attention.")
     text_fit_steps: int = opt(300, "Steps fitting the random text encoder to tell the training instructions' edits "
-                              "apart before the UNet trains (models/text_fit.py); 0: leave it random.")
+                              "apart before the UNet trains (models/text_fit.py); 0: leave it random. "
+                              "With init_from the base's own encoder is kept.")
     vae_steps: int = opt(1500, "Autoencoder fitting steps.")
     vae_anchor: float = opt(1.0, "Weight pulling the autoencoder's latents towards the image itself (image-like latents).")
     train_steps: int = opt(3000, "UNet training steps.")
@@ -153,7 +155,8 @@ def build_data(cfg: PretrainConfig, out: Path, progress: bool = True) -> Path:
 
 
 def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: int = 8, progress: bool = True) -> dict:
-    """Random UNet and text encoder, autoencoder fitted to the training photos; saved to ``out``."""
+    """Identity-initialised UNet, autoencoder fitted to the training photos, text encoder fitted to the
+    training wordings (``text_fit_steps``); saved to ``out``. With ``init_from``, a copy of that base."""
     stats_file = out / "autoencoder.json"
     if stats_file.exists():
         return json.loads(stats_file.read_text())
