@@ -169,7 +169,7 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
     tok_dir = out.parent / f".{out.name}-tokenizer"
     unet, vae, text_encoder, tokenizer, scheduler = build_tiny_components(spec, in_channels=in_channels, seed=cfg.seed,
                                                                           tokenizer_dir=tok_dir)
-    rows = load_split(data, "train", ["edited_image", "task"])
+    rows = load_split(data, "train", ["edited_image", "task", "edit_prompt", "edit_params"])
     # Fit on clean targets of restoration tasks (the photos themselves), never on validation photos;
     # only the target column is decoded.
     photos = [image for image, task in zip(rows["edited_image"], rows["task"]) if task != "cartoonize"]
@@ -177,7 +177,6 @@ def build_init_model(cfg: PretrainConfig, data: Path, out: Path, in_channels: in
                             progress=progress)
     if cfg.text_fit_steps:
         # Training-split wordings only: the held-out paraphrases the card scores stay unseen.
-        rows = load_split(data, "train", ["edit_prompt", "task", "edit_params"])
         labels = [edit_class(task, params) for task, params in zip(rows["task"], rows["edit_params"])]
         stats["text_encoder_fit"] = fit_text_encoder(text_encoder, tokenizer, rows["edit_prompt"], labels,
                                                      steps=cfg.text_fit_steps, seed=cfg.seed, progress=progress)
